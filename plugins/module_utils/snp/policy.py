@@ -117,9 +117,7 @@ class GuestPolicy:
             _check_abi(getattr(self, name), f"policy.{name}")
         for name in FLAG_BITS:
             if not isinstance(getattr(self, name), bool):
-                raise SnpError(
-                    f"must be a boolean, got {type(getattr(self, name)).__name__}", field=f"policy.{name}"
-                )
+                raise SnpError(f"must be a boolean, got {type(getattr(self, name)).__name__}", field=f"policy.{name}")
 
     # -- integer form -------------------------------------------------------
 

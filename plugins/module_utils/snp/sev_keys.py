@@ -174,9 +174,7 @@ def decode_signature(sig: bytes, *, field: str = "signature") -> tuple[int, int]
     r = _read_component(sig, _R_OFFSET, "R", field)
     s = _read_component(sig, _S_OFFSET, "S", field)
     if any(sig[_SIG_RESERVED_OFFSET:]):
-        raise SnpError(
-            f"reserved bytes {_SIG_RESERVED_OFFSET:#x}..{SIGNATURE_SIZE - 1:#x} must be zero", field=field
-        )
+        raise SnpError(f"reserved bytes {_SIG_RESERVED_OFFSET:#x}..{SIGNATURE_SIZE - 1:#x} must be zero", field=field)
     return r, s
 
 
@@ -290,9 +288,7 @@ def generate_private_key(password: str | bytes | None = None) -> tuple[EllipticC
     _need_crypto()
     key = ec.generate_private_key(ec.SECP384R1())
     secret = _password_bytes(password)
-    encryption = (
-        serialization.BestAvailableEncryption(secret) if secret is not None else serialization.NoEncryption()
-    )
+    encryption = serialization.BestAvailableEncryption(secret) if secret is not None else serialization.NoEncryption()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     return key, pem
 
