@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -116,6 +117,8 @@ class Measurement:
     inputs: dict[str, object]
     steps: list[Step] = field(default_factory=list)
     kernel_hashes: KernelHashes | None = None
+    # The VMSA pages measured for the largest vCPU count, BSP first.
+    vmsa_pages: list[bytes] = field(default_factory=list)
 
     @property
     def digest(self) -> bytes:
@@ -142,8 +145,6 @@ def _read(path: str, field_name: str) -> bytes:
 
 
 def _file_identity(path: str, sha256: bytes) -> dict[str, object]:
-    import os
-
     return {"path": path, "sha256": sha256.hex(), "size": os.path.getsize(path)}
 
 
@@ -249,14 +250,15 @@ def _measure_sections(ld: LaunchDigest, firmware: FirmwareImage, hashes: KernelH
 
 
 def _vmsa_chain(ld: LaunchDigest, counts: tuple[int, ...], bsp: bytes, ap: bytes,
-                detail: dict[str, object]) -> dict[int, bytes]:
+                detail: dict[str, object], ap_eip: int | None = None) -> dict[int, bytes]:
     wanted = set(counts)
     digests: dict[int, bytes] = {}
     for index in range(max(counts)):
         if index == 0:
-            ld.vmsa_page("VMSA vCPU 0 (BSP)", bsp, vcpu=0, **detail)
+            ld.vmsa_page("VMSA vCPU 0 (BSP)", bsp, vcpu=0, eip=f"0x{BSP_EIP:x}" if ap_eip else "svsm", **detail)
         else:
-            ld.vmsa_page(f"VMSA vCPU {index} (AP)", ap, vcpu=index, **detail)
+            ld.vmsa_page(f"VMSA vCPU {index} (AP)", ap, vcpu=index, eip=f"0x{ap_eip:x}" if ap_eip else "svsm",
+                         **detail)
         if index + 1 in wanted:
             digests[index + 1] = ld.value
     return {count: digests[count] for count in counts}
@@ -281,7 +283,7 @@ def _measure_snp(config: LaunchConfig) -> Measurement:
             ld.add_seeded("firmware (precomputed digest)", {"ovmf_hash": seed.hex()})
         else:
             ld = LaunchDigest()
-            ld.normal_pages(f"firmware {config.ovmf}", firmware.gpa, firmware.data)
+            ld.normal_pages(f"firmware {os.path.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
         firmware_digest = ld.value
         hashes, described = hasher.result(config)
     finally:
@@ -294,12 +296,13 @@ def _measure_snp(config: LaunchConfig) -> Measurement:
                     config.kvm_init).page()
     detail: dict[str, object] = {"guest_features": f"0x{config.guest_features:x}", "rdx": f"0x{sig:x}"
                                  if config.vmm is VmmType.QEMU else "vmm-defined"}
-    digests = _vmsa_chain(ld, config.vcpus, bsp, ap, detail)
+    digests = _vmsa_chain(ld, config.vcpus, bsp, ap, detail, firmware.sev_es_reset_eip)
+    pages = [bsp] + [ap] * (max(config.vcpus) - 1)
     inputs = _describe_common(config, firmware)
     inputs.update(described)
     inputs["ovmf"]["launch_digest"] = firmware_digest.hex()  # type: ignore[index]
     inputs["ovmf"]["reset_eip"] = f"0x{firmware.sev_es_reset_eip:x}"  # type: ignore[index]
-    return Measurement(config, digests, inputs, ld.steps, hashes)
+    return Measurement(config, digests, inputs, ld.steps, hashes, pages)
 
 
 def _measure_svsm(config: LaunchConfig) -> Measurement:
@@ -307,16 +310,17 @@ def _measure_svsm(config: LaunchConfig) -> Measurement:
     ovmf = parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf)
     svsm = parse_firmware(_read(config.svsm, "svsm"), config.svsm, end_gpa=ovmf.gpa - config.vars_size, field="svsm")
     ld = LaunchDigest()
-    ld.normal_pages(f"firmware {config.ovmf}", ovmf.gpa, ovmf.data)
-    ld.normal_pages(f"SVSM {config.svsm}", svsm.gpa, svsm.data)
+    ld.normal_pages(f"firmware {os.path.basename(config.ovmf)}", ovmf.gpa, ovmf.data)
+    ld.normal_pages(f"SVSM {os.path.basename(config.svsm)}", svsm.gpa, svsm.data)
     _measure_sections(ld, svsm, None, VmmType.QEMU)
     assert config.vcpu_sig is not None
     page = svsm_state(svsm.svsm_entry_offset + svsm.gpa, config.vcpu_sig).page()
     digests = _vmsa_chain(ld, config.vcpus, page, page, {"guest_features": "0x1", "rdx": f"0x{config.vcpu_sig:x}"})
+    pages = [page] * max(config.vcpus)
     inputs = _describe_common(config, ovmf)
     inputs["svsm"] = {"path": config.svsm, "size": svsm.size, "sha384": hashlib.sha384(svsm.data).hexdigest()}
     inputs["vars_size"] = config.vars_size
-    return Measurement(config, digests, inputs, ld.steps)
+    return Measurement(config, digests, inputs, ld.steps, vmsa_pages=pages)
 
 
 def _measure_sev(config: LaunchConfig) -> Measurement:
@@ -333,7 +337,7 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
         hashes, described = hasher.result(config)
     finally:
         hasher.close()
-    steps = [Step(f"firmware {config.ovmf}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
+    steps = [Step(f"firmware {os.path.basename(config.ovmf)}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
                   digest.digest(), {"hash": "sha256"})]
     if hashes is not None:
         digest.update(hashes.table())
@@ -342,6 +346,7 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
     if config.mode is Mode.SEV:
         digests = {0: digest.digest()}
         config_vcpus: tuple[int, ...] = ()
+        pages: list[bytes] = []
     else:
         sig = config.vcpu_sig or 0
         bsp = vcpu_state(BSP_EIP, 0, sig, config.vmm, kvm_init=config.kvm_init).page()
@@ -354,10 +359,11 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
                 digests[index + 1] = digest.digest()
         digests = {count: digests[count] for count in config.vcpus}
         config_vcpus = config.vcpus
+        pages = [bsp] + [ap] * (max(config.vcpus) - 1)
     inputs = _describe_common(config, firmware)
     inputs["vcpus"] = list(config_vcpus)
     inputs.update(described)
-    return Measurement(config, digests, inputs, steps, hashes)
+    return Measurement(config, digests, inputs, steps, hashes, pages)
 
 
 def measure(config: LaunchConfig) -> Measurement:
@@ -373,7 +379,7 @@ def measure(config: LaunchConfig) -> Measurement:
         assert config.ovmf is not None
         firmware = parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf)
         ld = LaunchDigest()
-        ld.normal_pages(f"firmware {config.ovmf}", firmware.gpa, firmware.data)
+        ld.normal_pages(f"firmware {os.path.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
         inputs = _describe_common(config, firmware)
         inputs["vcpus"] = []
         return Measurement(LaunchConfig(**{**config.__dict__, "vcpus": ()}), {0: ld.value}, inputs, ld.steps)
