@@ -154,7 +154,9 @@ id_block:
   description: The 96-byte ID block, base64-encoded (QEMU C(id-block)).
   returned: success
   type: str
-  sample: B28FLQi9p6cAqipgjFyqawDrrSl7bWioWkWx5mmlWLZ+G5HShKMB/mPE+gdQRn7tAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAwAAAAAA
+  sample: >-
+    B28FLQi9p6cAqipgjFyqawDrrSl7bWioWkWx5mmlWLZ+G5HShKMB/mPE+gdQRn7t
+    AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAABAAAAAAAAAAAAAwAAAAAA
 id_auth:
   description:
     - The 4096-byte ID authentication block, base64-encoded (QEMU C(id-auth)).
