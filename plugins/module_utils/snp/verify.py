@@ -1,0 +1,219 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Is this report genuine?  Report format, AMD certificate chain, CRL, and the report signature.
+
+Whether a genuine report is *acceptable* (measurement, policy, TCB …) is ``validate``'s
+job.  Trust starts at an ARK whose SHA-256 is pinned for the report's product, or at a
+simulated root the caller passed explicitly; nothing else is ever trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import sev_keys
+from .amd_certs import (
+    PINNED_ARK_SHA256,
+    check_validity,
+    common_name,
+    fingerprint,
+    utcnow,
+    vek_extensions,
+    verify_amd_signature,
+)
+from .checks import CheckList
+from .errors import SnpError
+from .policy import GuestPolicy
+from .report import AttestationReport, SigningKey
+from .tcb import Product, TcbVersion
+
+
+@dataclass(frozen=True)
+class Collateral:
+    """The certificates that vouch for one report (from KDS, a directory, or the extended report)."""
+
+    vek: Any = None
+    ask: Any = None  # the ASK for a VCEK, the ASVK for a VLEK
+    ark: Any = None
+    crl: Any = None
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """What to trust.  By default: AMD's pinned ARKs only, the real clock, CRL optional."""
+
+    simulated_roots: tuple[Any, ...] = ()
+    now: datetime | None = None
+    require_crl: bool = False
+
+
+def _report_format(report: AttestationReport, checks: CheckList) -> None:
+    checks.check("report.reserved", not report.reserved_nonzero, "reserved bytes are zero",
+                 expected="all zero", actual=list(report.reserved_nonzero) or "all zero")
+    checks.check("report.signature_algo", report.signature_algo == sev_keys.ALGO_ECDSA_P384_SHA384,
+                 "ECDSA P-384 with SHA-384", expected=1, actual=report.signature_algo)
+    checks.check("report.key_info", report.key_info >> 5 == 0 and report.signing_key in
+                 (SigningKey.VCEK, SigningKey.VLEK),
+                 "signed by a VCEK or a VLEK, reserved key-info bits zero",
+                 expected="VCEK or VLEK", actual=report.signing_key.name if report.signing_key else
+                 f"reserved signing key {report.signing_key_raw} / key_info 0x{report.key_info:x}")
+    checks.attempt("report.policy", lambda: "valid: " + ", ".join(
+        GuestPolicy.from_int(report.policy, field="report.policy").describe()))
+
+
+def _product(report: AttestationReport, collateral: Collateral, checks: CheckList,
+             expected: Product | None) -> Product | None:
+    """The product from CPUID (v3+), checked against the certificates and the expectation."""
+    sources: dict[str, Product] = {}
+    cpuid_product = report.product_from_cpuid
+    if cpuid_product is not None:
+        sources["CPUID"] = cpuid_product
+    elif report.cpuid_family is not None:
+        checks.failed("product", "unknown CPU family/model in the report",
+                      expected="Milan, Genoa or Turin", actual=f"family 0x{report.cpuid_family:x} "
+                      f"model 0x{report.cpuid_model:x}")
+        return None
+    for name, cert in (("ASK", collateral.ask), ("ARK", collateral.ark)):
+        if cert is not None:
+            cn = common_name(cert.subject)
+            line = cn.rsplit("-", 1)[-1]
+            try:
+                sources[f"{name} {cn}"] = Product.parse(line)
+            except SnpError:
+                checks.failed("product", f"{name} subject {cn!r} names no known product")
+                return None
+    if collateral.vek is not None:
+        try:
+            line = vek_extensions(collateral.vek).product_line
+        except SnpError as exc:
+            checks.failed("product", exc.message)
+            return None
+        if line:
+            try:
+                sources[f"VEK productName {line}"] = Product.parse(line)
+            except SnpError:
+                checks.failed("product", f"VEK productName {line!r} is unknown")
+                return None
+    products = set(sources.values())
+    if not products:
+        checks.failed("product", "cannot tell the product: no CPUID in the report and no certificates")
+        return None
+    if len(products) > 1:
+        checks.failed("product", "the report and its certificates disagree on the product",
+                      expected="one product", actual={k: v.value for k, v in sources.items()})
+        return None
+    product = products.pop()
+    if expected is not None and product is not expected:
+        checks.failed("product", "not the expected product", expected=expected.value, actual=product.value)
+        return None
+    checks.passed("product", f"{product.value} (from {', '.join(sources)})")
+    return product
+
+
+def _chain(report: AttestationReport, product: Product, collateral: Collateral, trust: TrustSettings,
+           checks: CheckList) -> bool:
+    now = trust.now or utcnow()
+    ark, ask, vek = collateral.ark, collateral.ask, collateral.vek
+    if ark is None or ask is None or vek is None:
+        missing = [n for n, c in (("ARK", ark), ("ASK/ASVK", ask), ("VCEK/VLEK", vek)) if c is None]
+        checks.failed("certs.present", "missing certificates: " + ", ".join(missing))
+        return False
+    checks.passed("certs.present", "ARK, ASK/ASVK and VCEK/VLEK present")
+    ark_fp = fingerprint(ark)
+    simulated = {fingerprint(root) for root in trust.simulated_roots}
+    if ark_fp == PINNED_ARK_SHA256[product]:
+        checks.passed("ark.pinned", f"AMD ARK-{product.value}", expected=PINNED_ARK_SHA256[product], actual=ark_fp)
+    elif ark_fp in simulated:
+        checks.passed("ark.pinned", "SIMULATED root, trusted because it was configured explicitly", actual=ark_fp)
+    else:
+        checks.failed("ark.pinned", f"the ARK is not AMD's ARK-{product.value} and no simulated root matches it",
+                      expected=PINNED_ARK_SHA256[product], actual=ark_fp)
+        return False
+    ok = checks.attempt("ark.self_signed", lambda: verify_amd_signature(ark, ark, field="ark"))
+    vlek = report.signing_key is SigningKey.VLEK
+    want_ask = f"SEV-VLEK-{product.value}" if vlek else f"SEV-{product.value}"
+    ok &= checks.check("ask.subject", common_name(ask.subject) == want_ask and ask.issuer == ark.subject,
+                       "intermediate matches the signing key type and is issued by the ARK",
+                       expected=want_ask, actual=common_name(ask.subject))
+    ok &= checks.attempt("ask.signed_by_ark", lambda: verify_amd_signature(ask, ark, field="ask"))
+    want_vek = "SEV-VLEK" if vlek else "SEV-VCEK"
+    ok &= checks.check("vek.subject", common_name(vek.subject) == want_vek and vek.issuer == ask.subject,
+                       "leaf matches the report's signing key and is issued by the intermediate",
+                       expected=want_vek, actual=common_name(vek.subject))
+    ok &= checks.attempt("vek.signed_by_ask", lambda: verify_amd_signature(vek, ask, field="vek"))
+    for name, cert in (("ark", ark), ("ask", ask), ("vek", vek)):
+        ok &= checks.attempt(f"{name}.validity", lambda c=cert, n=name: check_validity(c, now, field=n))
+    ok &= _crl(ark, ask, vek, collateral.crl, trust, now, checks)
+    ok &= _vek_binding(report, product, vek, checks)
+    return ok
+
+
+def _crl(ark: Any, ask: Any, vek: Any, crl: Any, trust: TrustSettings, now: datetime, checks: CheckList) -> bool:
+    if crl is None:
+        if trust.require_crl:
+            checks.failed("crl", "a CRL is required and none was provided")
+            return False
+        checks.skipped("crl", "no CRL provided")
+        return True
+    ok = checks.check("crl.issuer", crl.issuer == ark.subject, "issued by the ARK",
+                      expected=common_name(ark.subject), actual=common_name(crl.issuer))
+    ok &= checks.attempt("crl.signature", lambda: verify_amd_signature(crl, ark, field="crl"))
+    next_update = crl.next_update_utc
+    ok &= checks.check("crl.fresh", crl.last_update_utc <= now and (next_update is None or now <= next_update),
+                       "current (this update <= now <= next update)",
+                       expected=f"<= {next_update.isoformat() if next_update else 'none'}", actual=now.isoformat())
+    for name, cert in (("ask", ask), ("vek", vek)):
+        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        ok &= checks.check(f"crl.{name}_not_revoked", revoked is None, f"{name.upper()} serial not revoked",
+                           expected="not revoked", actual=f"revoked serial 0x{cert.serial_number:x}"
+                           if revoked is not None else "not revoked")
+    return bool(ok)
+
+
+def _vek_binding(report: AttestationReport, product: Product, vek: Any, checks: CheckList) -> bool:
+    """The VCEK/VLEK was issued for this chip and exactly this REPORTED_TCB."""
+    try:
+        ext = vek_extensions(vek)
+    except SnpError as exc:
+        checks.failed("vek.extensions", exc.message)
+        return False
+    ok = True
+    if report.signing_key is SigningKey.VLEK:
+        ok &= checks.check("vek.hwid", ext.hwid is None, "VLEK carries no chip id", expected=None, actual=ext.hwid)
+    else:
+        size = product.hwid_size
+        tail_zero = not any(report.chip_id[size:])
+        ok &= checks.check("vek.hwid", ext.hwid == report.chip_id[:size] and tail_zero,
+                           f"VCEK hwID equals CHIP_ID[0:{size}]" + (", rest zero" if size < 64 else ""),
+                           expected=report.chip_id[:size] if tail_zero else report.chip_id, actual=ext.hwid)
+    reported = TcbVersion.decode(report.reported_tcb_raw, product)
+    want = reported.components()
+    got = {name: ext.spl.get(name) for name in want}
+    ok &= checks.check("vek.tcb", got == want, "certificate SPLs equal REPORTED_TCB", expected=want, actual=got)
+    ok &= checks.check("report.reported_tcb_reserved", reported.reserved_bytes_zero(product),
+                       "reserved REPORTED_TCB bytes are zero", actual=f"0x{reported.raw:016x}")
+    return bool(ok)
+
+
+def verify_report(report: AttestationReport, collateral: Collateral, trust: TrustSettings, checks: CheckList,
+                  expected_product: Product | None = None) -> Product | None:
+    """Run every authenticity check into ``checks``; return the product when it could be decided."""
+    _report_format(report, checks)
+    product = _product(report, collateral, checks, expected_product)
+    if product is None:
+        checks.skipped("report.signature", "product unknown")
+        return None
+    chain_ok = _chain(report, product, collateral, trust, checks)
+    if collateral.vek is None:
+        checks.skipped("report.signature", "no VCEK/VLEK")
+        return product
+
+    def signature() -> str:
+        sev_keys.verify(collateral.vek.public_key(), report.signed_bytes, report.signature,
+                        field="report.signature")
+        return "verified with the VCEK/VLEK" + ("" if chain_ok else " (but its chain failed)")
+
+    checks.attempt("report.signature", signature)
+    return product
