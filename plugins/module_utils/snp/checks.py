@@ -34,7 +34,7 @@ class CheckResult:
         return out
 
     def message(self) -> str:
-        text = f"check {self.name} failed: {self.detail}"
+        text = self.detail
         if self.expected is not None or self.actual is not None:
             text += f" (expected {_show(self.expected)}, got {_show(self.actual)})"
         return text
@@ -57,6 +57,9 @@ class VerificationError(SnpError):
         self.expected = failed.expected
         self.actual = failed.actual
         self.results = results
+
+    def __str__(self) -> str:
+        return f"check {self.check} failed: {self.message}"
 
     def as_dict(self) -> dict[str, object]:  # type: ignore[override]
         out: dict[str, object] = dict(super().as_dict())
