@@ -155,8 +155,13 @@ def ensure_id_block(request: IdBlockRequest) -> dict[str, Any]:
         raise SnpError("must be a different key file than id_key", field="author_key", path=request.author_key)
     for name in ("id_block_path", "id_auth_path"):
         path = getattr(request, name)
-        if path is not None and os.path.isdir(path):
+        if path is None:
+            continue
+        if os.path.isdir(path):
             raise SnpError("is a directory, expected a file path", field=name, path=path)
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise SnpError(f"directory {directory} does not exist", field=name, path=path)
     if request.id_block_path is not None and request.id_block_path == request.id_auth_path:
         raise SnpError("must differ from id_block_path", field="id_auth_path", path=request.id_auth_path)
 
