@@ -86,7 +86,8 @@ def load_crl(data: bytes, *, field: str = "crl", path: str | None = None) -> Any
 
 
 def fingerprint(cert: Any) -> str:
-    return hashlib.sha256(cert.public_bytes(_der())).hexdigest()
+    """SHA-256 of the DER certificate, hex (what the ARK pins compare)."""
+    return identity(cert).hex()
 
 
 def _der() -> Any:
@@ -104,8 +105,45 @@ def _pss() -> Any:
     return padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
+# Signatures that verified, keyed by (SHA-256 of the signed object, SHA-256 of the issuer).
+# A pure memo of a deterministic check: a warm cache makes the chain cost nothing, and
+# a failure is never cached, so it is recomputed (and refused) every time.
+_VERIFIED: dict[tuple[bytes, bytes], bool] = {}
+_VERIFIED_MAX = 4096
+_EXTENSIONS: dict[bytes, VekExtensions] = {}
+
+
+# id() -> (object, SHA-256): the object is held so its id cannot be reused while cached.
+_IDENTITIES: dict[int, tuple[Any, bytes]] = {}
+
+
+def identity(obj: Any) -> bytes:
+    """SHA-256 of a certificate's or CRL's DER encoding (memoised per object)."""
+    cached = _IDENTITIES.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
+    if hasattr(obj, "fingerprint"):
+        digest = bytes(obj.fingerprint(hashes.SHA256()))
+    else:
+        digest = hashlib.sha256(obj.public_bytes(_der())).digest()
+    if len(_IDENTITIES) >= _VERIFIED_MAX:
+        _IDENTITIES.clear()
+    _IDENTITIES[id(obj)] = (obj, digest)
+    return digest
+
+
 def verify_amd_signature(signed: Any, issuer: Any, *, field: str) -> None:
     """Check an RSASSA-PSS/SHA-384/salt-48 signature on a certificate or CRL by ``issuer``."""
+    key = (identity(signed), identity(issuer))
+    if key in _VERIFIED:
+        return
+    _verify_amd_signature(signed, issuer, field=field)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED[key] = True
+
+
+def _verify_amd_signature(signed: Any, issuer: Any, *, field: str) -> None:
     if signed.signature_algorithm_oid.dotted_string != OID_RSASSA_PSS:
         raise SnpError(f"signature algorithm is {signed.signature_algorithm_oid.dotted_string}, "
                        "expected RSASSA-PSS", field=field)
@@ -169,6 +207,18 @@ class VekExtensions:
 
 
 def vek_extensions(cert: Any, *, field: str = "vek") -> VekExtensions:
+    """AMD's extensions of ``cert`` (memoised per certificate fingerprint)."""
+    key = identity(cert)
+    cached = _EXTENSIONS.get(key)
+    if cached is None:
+        cached = _parse_vek_extensions(cert, field)
+        if len(_EXTENSIONS) >= _VERIFIED_MAX:
+            _EXTENSIONS.clear()
+        _EXTENSIONS[key] = cached
+    return cached
+
+
+def _parse_vek_extensions(cert: Any, field: str) -> VekExtensions:
     raw: dict[str, bytes] = {}
     for extension in cert.extensions:
         oid = extension.oid.dotted_string

@@ -19,11 +19,12 @@ from .amd_certs import (
     check_validity,
     common_name,
     fingerprint,
+    identity,
     utcnow,
     vek_extensions,
     verify_amd_signature,
 )
-from .checks import CheckList
+from .checks import CheckList, CheckResult
 from .errors import SnpError
 from .policy import GuestPolicy
 from .report import AttestationReport, SigningKey
@@ -112,64 +113,90 @@ def _product(report: AttestationReport, collateral: Collateral, checks: CheckLis
     return product
 
 
+# Results of the certificate-only checks (pinning, signatures, names, revocation), keyed by
+# the identities of the certificates and settings they depend on.  Only all-pass results
+# are kept, so a refusal is always recomputed.  Time-dependent checks are never cached.
+_STATIC: dict[tuple[object, ...], list[CheckResult]] = {}
+_STATIC_MAX = 1024
+
+
 def _chain(report: AttestationReport, product: Product, collateral: Collateral, trust: TrustSettings,
            checks: CheckList) -> bool:
     now = trust.now or utcnow()
-    ark, ask, vek = collateral.ark, collateral.ask, collateral.vek
+    ark, ask, vek, crl = collateral.ark, collateral.ask, collateral.vek, collateral.crl
     if ark is None or ask is None or vek is None:
         missing = [n for n, c in (("ARK", ark), ("ASK/ASVK", ask), ("VCEK/VLEK", vek)) if c is None]
         checks.failed("certs.present", "missing certificates: " + ", ".join(missing))
         return False
     checks.passed("certs.present", "ARK, ASK/ASVK and VCEK/VLEK present")
+    vlek = report.signing_key is SigningKey.VLEK
+    simulated = frozenset(identity(root) for root in trust.simulated_roots)
+    key = (product, vlek, identity(ark), identity(ask), identity(vek), identity(crl) if crl is not None else None,
+           simulated)
+    static = _STATIC.get(key)
+    if static is None:
+        static_checks = CheckList()
+        _static_chain(product, vlek, ark, ask, vek, crl, simulated, static_checks)
+        static = static_checks.results
+        if not static_checks.failures:
+            if len(_STATIC) >= _STATIC_MAX:
+                _STATIC.clear()
+            _STATIC[key] = static
+    checks.results.extend(static)
+    ok = not any(result.failed for result in static)
+    if not checks.ok("ark.pinned"):
+        return False
+    for name, cert in (("ark", ark), ("ask", ask), ("vek", vek)):
+        ok &= checks.attempt(f"{name}.validity", lambda c=cert, n=name: check_validity(c, now, field=n))
+    if crl is None:
+        if trust.require_crl:
+            checks.failed("crl", "a CRL is required and none was provided")
+            ok = False
+        else:
+            checks.skipped("crl", "no CRL provided")
+    else:
+        next_update = crl.next_update_utc
+        ok &= checks.check("crl.fresh", crl.last_update_utc <= now and (next_update is None or now <= next_update),
+                           "current (this update <= now <= next update)",
+                           expected=f"<= {next_update.isoformat() if next_update else 'none'}",
+                           actual=now.isoformat())
+    ok &= _vek_binding(report, product, vek, checks)
+    return bool(ok)
+
+
+def _static_chain(product: Product, vlek: bool, ark: Any, ask: Any, vek: Any, crl: Any,
+                  simulated: frozenset[bytes], checks: CheckList) -> None:
+    """Checks that depend only on the certificates (and CRL), not on the report or the clock."""
     ark_fp = fingerprint(ark)
-    simulated = {fingerprint(root) for root in trust.simulated_roots}
     if ark_fp == PINNED_ARK_SHA256[product]:
         checks.passed("ark.pinned", f"AMD ARK-{product.value}", expected=PINNED_ARK_SHA256[product], actual=ark_fp)
-    elif ark_fp in simulated:
+    elif identity(ark) in simulated:
         checks.passed("ark.pinned", "SIMULATED root, trusted because it was configured explicitly", actual=ark_fp)
     else:
         checks.failed("ark.pinned", f"the ARK is not AMD's ARK-{product.value} and no simulated root matches it",
                       expected=PINNED_ARK_SHA256[product], actual=ark_fp)
-        return False
-    ok = checks.attempt("ark.self_signed", lambda: verify_amd_signature(ark, ark, field="ark"))
-    vlek = report.signing_key is SigningKey.VLEK
+        return
+    checks.attempt("ark.self_signed", lambda: verify_amd_signature(ark, ark, field="ark"))
     want_ask = f"SEV-VLEK-{product.value}" if vlek else f"SEV-{product.value}"
-    ok &= checks.check("ask.subject", common_name(ask.subject) == want_ask and ask.issuer == ark.subject,
-                       "intermediate matches the signing key type and is issued by the ARK",
-                       expected=want_ask, actual=common_name(ask.subject))
-    ok &= checks.attempt("ask.signed_by_ark", lambda: verify_amd_signature(ask, ark, field="ask"))
+    checks.check("ask.subject", common_name(ask.subject) == want_ask and ask.issuer == ark.subject,
+                 "intermediate matches the signing key type and is issued by the ARK",
+                 expected=want_ask, actual=common_name(ask.subject))
+    checks.attempt("ask.signed_by_ark", lambda: verify_amd_signature(ask, ark, field="ask"))
     want_vek = "SEV-VLEK" if vlek else "SEV-VCEK"
-    ok &= checks.check("vek.subject", common_name(vek.subject) == want_vek and vek.issuer == ask.subject,
-                       "leaf matches the report's signing key and is issued by the intermediate",
-                       expected=want_vek, actual=common_name(vek.subject))
-    ok &= checks.attempt("vek.signed_by_ask", lambda: verify_amd_signature(vek, ask, field="vek"))
-    for name, cert in (("ark", ark), ("ask", ask), ("vek", vek)):
-        ok &= checks.attempt(f"{name}.validity", lambda c=cert, n=name: check_validity(c, now, field=n))
-    ok &= _crl(ark, ask, vek, collateral.crl, trust, now, checks)
-    ok &= _vek_binding(report, product, vek, checks)
-    return ok
-
-
-def _crl(ark: Any, ask: Any, vek: Any, crl: Any, trust: TrustSettings, now: datetime, checks: CheckList) -> bool:
+    checks.check("vek.subject", common_name(vek.subject) == want_vek and vek.issuer == ask.subject,
+                 "leaf matches the report's signing key and is issued by the intermediate",
+                 expected=want_vek, actual=common_name(vek.subject))
+    checks.attempt("vek.signed_by_ask", lambda: verify_amd_signature(vek, ask, field="vek"))
     if crl is None:
-        if trust.require_crl:
-            checks.failed("crl", "a CRL is required and none was provided")
-            return False
-        checks.skipped("crl", "no CRL provided")
-        return True
-    ok = checks.check("crl.issuer", crl.issuer == ark.subject, "issued by the ARK",
-                      expected=common_name(ark.subject), actual=common_name(crl.issuer))
-    ok &= checks.attempt("crl.signature", lambda: verify_amd_signature(crl, ark, field="crl"))
-    next_update = crl.next_update_utc
-    ok &= checks.check("crl.fresh", crl.last_update_utc <= now and (next_update is None or now <= next_update),
-                       "current (this update <= now <= next update)",
-                       expected=f"<= {next_update.isoformat() if next_update else 'none'}", actual=now.isoformat())
+        return
+    checks.check("crl.issuer", crl.issuer == ark.subject, "issued by the ARK",
+                 expected=common_name(ark.subject), actual=common_name(crl.issuer))
+    checks.attempt("crl.signature", lambda: verify_amd_signature(crl, ark, field="crl"))
     for name, cert in (("ask", ask), ("vek", vek)):
         revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-        ok &= checks.check(f"crl.{name}_not_revoked", revoked is None, f"{name.upper()} serial not revoked",
-                           expected="not revoked", actual=f"revoked serial 0x{cert.serial_number:x}"
-                           if revoked is not None else "not revoked")
-    return bool(ok)
+        checks.check(f"crl.{name}_not_revoked", revoked is None, f"{name.upper()} serial not revoked",
+                     expected="not revoked", actual=f"revoked serial 0x{cert.serial_number:x}"
+                     if revoked is not None else "not revoked")
 
 
 def _vek_binding(report: AttestationReport, product: Product, vek: Any, checks: CheckList) -> bool:
