@@ -125,7 +125,8 @@ def _write(path: str, data: bytes, field: str) -> None:
 
 
 def _create_key(key: _Key) -> None:
-    assert key.pem_to_create is not None
+    if key.pem_to_create is None:
+        return
     try:
         create_private(key.path, key.pem_to_create)
     except SnpError as exc:
@@ -218,11 +219,9 @@ def ensure_id_block(request: IdBlockRequest) -> dict[str, Any]:
 
     files_written: list[str] = []
     to_write: list[tuple[str, bytes, str]] = []
-    if not block_current:
-        assert request.id_block_path is not None
+    if not block_current and request.id_block_path is not None:
         to_write.append((request.id_block_path, (block.to_b64() + "\n").encode("ascii"), "id_block_path"))
-    if not auth_current:
-        assert request.id_auth_path is not None
+    if not auth_current and request.id_auth_path is not None:
         # In check mode with a pending key, the content is not known yet; nothing is written anyway.
         content = (id_auth.to_b64() + "\n").encode("ascii") if id_auth is not None else b""
         to_write.append((request.id_auth_path, content, "id_auth_path"))
@@ -231,8 +230,7 @@ def ensure_id_block(request: IdBlockRequest) -> dict[str, Any]:
     changed = bool(keys_created or to_write)
     if not request.check_mode:
         for key in keys:
-            if key.created:
-                _create_key(key)
+            _create_key(key)
         for path, data, field in to_write:
             _write(path, data, field)
             files_written.append(path)
