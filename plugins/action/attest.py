@@ -1,0 +1,74 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Action ``snpguard.cvm.attest``: attest a running CVM over the normal Ansible connection.
+
+The controller picks a fresh nonce, the guest asks its AMD-SP for a report bound to
+it (``snp_guest_report``), and the controller verifies that report against AMD's roots
+and the expected values.  The play fails on any mismatch, before any secret is sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.kds_fetch import https_get
+from ansible_collections.snpguard.cvm.plugins.module_utils.report_verify import (
+    EXPECTATION_ARGSPEC,
+    TRUST_ARGSPEC,
+    verify_from_options,
+)
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.binding import NONCE_SIZE, report_data_binding
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
+
+ARGSPEC: dict[str, dict[str, Any]] = {
+    **{name: spec for name, spec in EXPECTATION_ARGSPEC.items() if name != "report_data"},
+    **TRUST_ARGSPEC,
+    "bind_public_key": {"type": "str"},
+    "guest_vmpl": {"type": "int", "default": 0},
+    "report_dest": {"type": "path"},
+    "guest_simulated_amdsp": {"type": "path"},
+}
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = True
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        public_key = bytes.fromhex(args["bind_public_key"]) if args.get("bind_public_key") else b""
+        report_data = report_data_binding(nonce, public_key)
+        guest = self._execute_module(
+            module_name="snpguard.cvm.snp_guest_report",
+            module_args={"report_data": report_data.hex(), "vmpl": args["guest_vmpl"], "certificates": True,
+                         "simulated_amdsp": args.get("guest_simulated_amdsp")},
+            task_vars=task_vars,
+        )
+        if guest.get("failed"):
+            raise AnsibleActionFail(f"the guest could not produce a report: {guest.get('msg')}", result=guest)
+        args.pop("guest_simulated_amdsp", None)
+        options = dict(args, report_b64=guest["report_b64"], certs_b64=guest.get("certs_b64"),
+                       report_data=report_data.hex())
+        try:
+            attestation = verify_from_options(options, fetch=https_get, raise_on_failure=False)
+        except SnpError as exc:
+            raise AnsibleActionFail(str(exc), result=exc.as_dict()) from exc
+        result.update(attestation.as_dict())
+        result.update(changed=False, nonce=nonce.hex(), report_data=report_data.hex(), source=guest.get("source"))
+        failures = [check for check in attestation.results if check.failed]
+        if failures:
+            result.update(failed=True, check=failures[0].name,
+                          msg=f"attestation refused: check {failures[0].name} failed: {failures[0].message()}")
+        if args.get("report_dest"):
+            import base64
+
+            from ansible_collections.snpguard.cvm.plugins.module_utils.fileio import atomic_write
+
+            atomic_write(args["report_dest"], base64.b64decode(guest["report_b64"]))
+        return result

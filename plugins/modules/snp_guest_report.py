@@ -1,0 +1,131 @@
+#!/usr/bin/python
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: snp_guest_report
+short_description: Get an attestation report from inside an AMD SEV-SNP guest
+version_added: 0.1.0
+description:
+  - Asks the AMD Secure Processor for an attestation report carrying the given REPORT_DATA, through the kernel's
+    configfs-tsm interface (Linux 6.7+) when present, else through C(/dev/sev-guest).
+  - Also returns the certificate table the host attached (VCEK/VLEK, ASK, ARK), when there is one.
+  - Fails with a clear message on a machine that is not an SEV-SNP guest.
+  - Runs on the guest; verify the result on the controller with M(snpguard.cvm.snp_report_verify) or use the
+    P(snpguard.cvm.attest#action) action, which does both.
+author:
+  - snpguard maintainers (@snpguard)
+attributes:
+  check_mode:
+    support: full
+    description: Getting a report changes nothing on the guest.
+  diff_mode:
+    support: none
+options:
+  report_data:
+    description:
+      - The 64 bytes to bind into the report, as 128 hex digits (typically a hash over a nonce and a key).
+      - Shorter values are refused, so a nonce is never silently padded.
+    type: str
+    required: true
+  vmpl:
+    description: The VMPL to request the report for (0 to 3).
+    type: int
+    default: 0
+  certificates:
+    description: Also fetch the host's certificate table (extended report).
+    type: bool
+    default: true
+  dest:
+    description: Also write the raw report to this file on the guest.
+    type: path
+  simulated_amdsp:
+    description:
+      - Directory of a SIMULATED AMD-SP (its chain, keys and recorded C(launch.json)) to sign the report instead of
+        the hardware. For test labs without SEV-SNP only; verifiers refuse such reports unless its root is trusted
+        explicitly.
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Get a report bound to a nonce
+  snpguard.cvm.snp_guest_report:
+    report_data: "{{ nonce_hash }}"
+  register: guest_report
+
+- name: Verify it on the controller
+  snpguard.cvm.snp_report_verify:
+    report_b64: "{{ guest_report.report_b64 }}"
+    certs_b64: "{{ guest_report.certs_b64 | default(omit) }}"
+    report_data: "{{ nonce_hash }}"
+    measurements: ["{{ expected_measurement }}"]
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+report_b64:
+  description: The 1184-byte report, base64.
+  returned: success
+  type: str
+certs_b64:
+  description: The host's certificate table (GHCB format), base64.
+  returned: when the host supplies certificates
+  type: str
+source:
+  description: Which interface produced the report.
+  returned: success
+  type: str
+  sample: configfs-tsm
+changed:
+  description: True only when O(dest) was written.
+  returned: always
+  type: bool
+"""
+
+import base64
+import binascii
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.ansible_glue import run
+from ansible_collections.snpguard.cvm.plugins.module_utils.fileio import atomic_write
+from ansible_collections.snpguard.cvm.plugins.module_utils.guest_report import get_report
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "report_data": {"type": "str", "required": True},
+            "vmpl": {"type": "int", "default": 0},
+            "certificates": {"type": "bool", "default": True},
+            "dest": {"type": "path"},
+            "simulated_amdsp": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+
+    def body() -> dict[str, object]:
+        try:
+            data = binascii.unhexlify(module.params["report_data"].strip())
+        except (binascii.Error, ValueError) as exc:
+            raise SnpError("must be 128 hex digits", field="report_data") from exc
+        got = get_report(data, module.params["vmpl"], want_certs=module.params["certificates"],
+                         simulated_amdsp=module.params["simulated_amdsp"])
+        result: dict[str, object] = {"changed": False, "source": got.source,
+                                     "report_b64": base64.b64encode(got.report).decode()}
+        if got.certs:
+            result["certs_b64"] = base64.b64encode(got.certs).decode()
+        if module.params["dest"] and not module.check_mode:
+            atomic_write(module.params["dest"], got.report)
+            result["changed"] = True
+        return result
+
+    run(module, body)
+
+
+if __name__ == "__main__":
+    main()
