@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from ..plugins.module_utils.snp.errors import SnpError
-from . import id_block, measure
+from . import id_block, measure, report
 
-SUBCOMMANDS = (measure, id_block)
+SUBCOMMANDS = (measure, id_block, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

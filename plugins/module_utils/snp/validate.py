@@ -156,7 +156,7 @@ def _tcb(report: AttestationReport, product: Product, expect: Expectations, chec
         minimum = TcbVersion.from_components(product, **fields)  # type: ignore[arg-type]
         for name, tcb in tcbs.items():
             low = tcb.at_least(minimum)
-            checks.check(f"tcb.{name}", not low, f"{name.upper()}_TCB at least the minimum",
+            checks.check(f"min_tcb.{name}", not low, f"{name.upper()}_TCB at least the minimum",
                          expected=minimum.components(), actual=tcb.components())
     current, committed, reported = tcbs["current"], tcbs["committed"], tcbs["reported"]
     consistent = not current.at_least(committed) and not current.at_least(reported)
@@ -165,7 +165,7 @@ def _tcb(report: AttestationReport, product: Product, expect: Expectations, chec
                  actual=current.components())
     if not expect.allow_provisional_firmware:
         same = (current.raw == committed.raw and report.current_version == report.committed_version)
-        checks.check("tcb.committed", same, "firmware is committed (no provisional firmware)",
+        checks.check("firmware.committed", same, "firmware is committed (no provisional firmware)",
                      expected={"tcb": committed.components(), "version": str(report.committed_version)},
                      actual={"tcb": current.components(), "version": str(report.current_version)})
 
