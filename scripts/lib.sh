@@ -1,0 +1,97 @@
+# shellcheck shell=bash
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+#
+# Shared pieces of scripts/setup and scripts/test (sourced, not run).
+# Every function is idempotent: it checks first and only then changes anything.
+
+SNPGUARD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$SNPGUARD_ROOT/.venv"
+# The interpreter of a fresh Debian 12: never whatever python3 comes first on PATH.
+BASE_PYTHON=/usr/bin/python3
+
+# Debian packages for the venv, git, and unpacking .debs (apt, dpkg-deb, gpgv).
+SETUP_DEBS=(python3 python3-venv python3-pip git ca-certificates debian-archive-keyring gpgv
+  dpkg-dev xz-utils zstd)
+
+if [ -t 1 ]; then
+  log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+else
+  log() { printf '==> %s\n' "$*"; }
+fi
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root for: $* (run as root, or install sudo)"
+  fi
+}
+
+# ensure_debs PKG... : apt-get update + install only when something is missing.
+ensure_debs() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "Debian packages present: $*"
+    return 0
+  fi
+  log "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# ensure_venv: .venv made by /usr/bin/python3 -m venv (recreated only when broken).
+ensure_venv() {
+  [ -x "$BASE_PYTHON" ] || die "$BASE_PYTHON is missing (apt-get install python3)"
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1; then
+    local home
+    home=$(sed -n 's/^home *= *//p' "$VENV/pyvenv.cfg" 2>/dev/null)
+    [ "$home" = /usr/bin ] || warn "$VENV was not made by $BASE_PYTHON (home = $home); remove it to recreate"
+    log "venv present: $VENV ($("$VENV/bin/python" -V 2>&1))"
+    return 0
+  fi
+  log "creating $VENV with $BASE_PYTHON -m venv"
+  rm -rf "$VENV"
+  "$BASE_PYTHON" -m venv "$VENV"
+}
+
+# vpip ARGS... : pip of the venv, quiet unless it fails (the log is kept in build/logs).
+vpip() {
+  local log_file="$SNPGUARD_ROOT/build/logs/pip.log"
+  mkdir -p "$(dirname "$log_file")"
+  printf '\n$ pip %s\n' "$*" >>"$log_file"
+  if ! "$VENV/bin/python" -m pip "$@" >>"$log_file" 2>&1; then
+    tail -n 40 "$log_file" >&2
+    die "pip $* failed (full log: $log_file)"
+  fi
+}
+
+ensure_requirements() { # FILE...
+  local file args=()
+  for file in "$@"; do args+=(-r "$SNPGUARD_ROOT/$file"); done
+  log "pip install ${args[*]}"
+  vpip install -q "${args[@]}"
+}
+
+# install_collection: the checkout as a wheel, i.e. site-packages/ansible_collections/snpguard/cvm.
+install_collection() {
+  log "pip install --no-deps . (collection into $VENV site-packages)"
+  vpip install -q --no-deps "$SNPGUARD_ROOT"
+}
+
+fetch_artifacts() {
+  log "scripts/fetch-artifacts"
+  "$BASE_PYTHON" "$SNPGUARD_ROOT/scripts/fetch-artifacts" "$@"
+}
