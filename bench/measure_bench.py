@@ -88,7 +88,8 @@ def main() -> int:
                 start = time.perf_counter()
                 func()
                 times[name].append(time.perf_counter() - start)
-    sizes = {name: os.path.getsize(path) for name, path in (("ovmf", ovmf), ("kernel", kernel), ("initrd", initrd))}
+        sizes = {name: os.path.getsize(path) for name, path in (("ovmf", ovmf), ("kernel", kernel),
+                                                                  ("initrd", initrd))}
     print(f"inputs: OVMF {sizes['ovmf'] >> 10} KiB, kernel {sizes['kernel'] >> 10} KiB, "
           f"initrd {sizes['initrd'] >> 20} MiB, {args.vcpus} vCPUs, {args.rounds} alternating rounds")
     medians = {name: statistics.median(values) for name, values in times.items()}
