@@ -44,7 +44,7 @@ options:
     default: false
   policy:
     description:
-      - Required guest-policy flags, for example C({smt: false, single_socket: true}).
+      - 'Required guest-policy flags, for example C({smt: false, single_socket: true}).'
       - Keys are C(smt), C(migrate_ma), C(single_socket), C(cxl_allow), C(mem_aes_256_xts), C(rapl_dis),
         C(ciphertext_hiding), C(page_swap_disable).
     type: dict
@@ -53,7 +53,7 @@ options:
     type: str
   platform_info:
     description:
-      - Required platform flags, for example C({smt_enabled: false, tsme_enabled: true}).
+      - 'Required platform flags, for example C({smt_enabled: false, tsme_enabled: true}).'
       - Keys are C(smt_enabled), C(tsme_enabled), C(ecc_enabled), C(rapl_disabled), C(ciphertext_hiding_enabled),
         C(alias_check_complete), C(tio_enabled).
     type: dict
