@@ -16,7 +16,7 @@ description:
   - Then checks every expectation given - measurement, host data, report data, key digests, policy, platform flags,
     minimum TCB, and more.
   - Fails naming the first check that refused, with expected and actual values; returns every check's result.
-  - Runs where the certificates are, normally the controller (C(delegate_to: localhost)).
+  - Runs where the certificates are, normally the controller (with C(delegate_to=localhost)).
 author:
   - snpguard maintainers (@snpguard)
 extends_documentation_fragment:
@@ -42,8 +42,7 @@ requirements:
   - cryptography >= 41
 seealso:
   - module: snpguard.cvm.snp_guest_report
-  - plugin: snpguard.cvm.attest
-    plugin_type: action
+  - module: snpguard.cvm.attest
 """
 
 EXAMPLES = r"""
