@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Fetch the real Debian artifacts the tests and the sample playbook measure.
@@ -215,7 +214,7 @@ def deb_fields(deb: Path) -> dict[str, str]:
         fields[key.strip().lower()] = value.strip()
     source = fields.get("source") or fields["package"]
     match = re.fullmatch(r"(\S+)\s+\((\S+)\)", source)
-    fields["source"], fields["source_version"] = (match.groups() if match else (source, fields["version"]))
+    fields["source"], fields["source_version"] = match.groups() if match else (source, fields["version"])
     return fields
 
 
@@ -319,7 +318,9 @@ def main() -> int:
                 if not pending[name]:
                     die(f"no candidate package in {suite} contains {name}")
                 package = pending[name][0][0]
-                users = {n: m for n, c in pending.items() for p, m in c[:1] if p == package and ARTIFACTS[n][0] == suite}
+                users = {
+                    n: c[0][1] for n, c in pending.items() if c and c[0][0] == package and ARTIFACTS[n][0] == suite
+                }
                 say(f"apt-get download {package}/{suite}")
                 deb = apt.download(package, suite)
                 fields = deb_fields(deb)

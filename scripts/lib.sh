@@ -11,6 +11,7 @@ VENV="$SNPGUARD_ROOT/.venv"
 BASE_PYTHON=/usr/bin/python3
 
 # Debian packages for the venv, git, and unpacking .debs (apt, dpkg-deb, gpgv).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 SETUP_DEBS=(python3 python3-venv python3-pip git ca-certificates debian-archive-keyring gpgv
   dpkg-dev xz-utils zstd)
 
@@ -93,5 +94,5 @@ install_collection() {
 
 fetch_artifacts() {
   log "scripts/fetch-artifacts"
-  "$BASE_PYTHON" "$SNPGUARD_ROOT/scripts/fetch-artifacts" "$@"
+  bash "$SNPGUARD_ROOT/scripts/fetch-artifacts"
 }
