@@ -8,6 +8,7 @@ tests need no shared vectors and no reference tool.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.measure_request import build_config, parse_hex, parse_int
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import FormatError, MeasurementError, SnpError
@@ -575,3 +578,16 @@ def test_config_is_frozen() -> None:
     cfg = LaunchConfig(ovmf="x", vcpu_sig=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.vcpus = (2,)  # type: ignore[misc]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.fixed_dictionaries({
+    "GPA": st.one_of(st.integers(-0x2000, 0x10_0000_2000), st.sampled_from([0x800000, 0x80D000])).map(hex),
+    "Size": st.one_of(st.integers(-0x2000, 0x4000), st.sampled_from([0x1000, 0x3000])).map(hex),
+    "SectionTypeInt": st.sampled_from([1, 2, 3, 4, 0x10]),
+}), max_size=4), eip=st.integers(-1, 1 << 33).map(hex), vmm=st.sampled_from(list(VmmType)))
+def test_metadata_wrapper_measures_or_raises_snperror(tmp_path, items, eip, vmm) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"MetadataItems": items, "ResetEIP": eip, "OVMFHash": "cd" * 48}))
+    with contextlib.suppress(SnpError):
+        measure(LaunchConfig(ovmf_metadata=str(path), vcpus=(2,), vcpu_sig=SIG, vmm=vmm))

@@ -427,3 +427,30 @@ def test_mutated_words_in_valid_image(offset_from_end: int, value: int, width_in
     chunk = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
     data[start : start + width] = chunk[: len(data) - start]
     _parse_or_format_error(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"GPA": "0x800000", "Size": "0x800", "SectionTypeInt": 1},
+        {"GPA": "0x800800", "Size": "0x1000", "SectionTypeInt": 1},
+        {"GPA": "-0x1000", "Size": "0x1000", "SectionTypeInt": 1},
+        {"GPA": "0x800000", "Size": "-0x1000", "SectionTypeInt": 2},
+        {"GPA": "0x100000000", "Size": "0x1000", "SectionTypeInt": 3},
+    ],
+    ids=["unaligned-size", "unaligned-gpa", "negative-gpa", "negative-size", "gpa-above-u32"],
+)
+def test_metadata_wrapper_sections_are_checked_like_the_binary_ones(item: dict) -> None:
+    """The JSON description carries the same u32, page-aligned sections as the ASEV table; it must be refused
+    the same way (FormatError naming ovmf_metadata), not accepted and left to crash the measurement."""
+    doc = json.dumps({**WRAPPER, "MetadataItems": [item]})
+    with pytest.raises(FormatError) as info:
+        parse_metadata_wrapper(doc, "/w.json")
+    assert info.value.field == "ovmf_metadata"
+
+
+@pytest.mark.parametrize("eip", ["-0x1", "0x100000000"])
+def test_metadata_wrapper_reset_eip_is_a_u32(eip: str) -> None:
+    with pytest.raises(FormatError) as info:
+        parse_metadata_wrapper(json.dumps({**WRAPPER, "ResetEIP": eip}), "/w.json")
+    assert info.value.field == "ovmf_metadata"
