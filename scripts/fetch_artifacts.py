@@ -100,7 +100,7 @@ def _deb822_stanzas(text: str):
         elif line[0] in " \t" and key:
             stanza[key] += " " + line.strip()
         elif ":" in line:
-            key, _, value = line.partition(":")
+            key, value = line.split(":", 1)
             key = key.strip().lower()
             stanza[key] = value.strip()
     if stanza:
@@ -210,7 +210,7 @@ def deb_fields(deb: Path) -> dict[str, str]:
     ).stdout
     fields = {}
     for line in out.splitlines():
-        key, _, value = line.partition(":")
+        key, _sep, value = line.partition(":")
         fields[key.strip().lower()] = value.strip()
     source = fields.get("source") or fields["package"]
     match = re.fullmatch(r"(\S+)\s+\((\S+)\)", source)
@@ -276,7 +276,7 @@ def is_current(out: Path, name: str, entry: dict | None, quick: bool) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--dir", type=Path, default=default_dir(), help="output directory (default: %(default)s)")
     parser.add_argument("--refresh", action="store_true", help="fetch everything again (current archive versions)")
     parser.add_argument("--check", action="store_true", help="only verify the cache; exit 1 when anything is missing")
