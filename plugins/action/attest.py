@@ -41,8 +41,11 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        try:
+            public_key = bytes.fromhex(args["bind_public_key"]) if args.get("bind_public_key") else b""
+        except ValueError as exc:
+            raise AnsibleActionFail("bind_public_key: is not hex", result={"field": "bind_public_key"}) from exc
         nonce = secrets.token_bytes(NONCE_SIZE)
-        public_key = bytes.fromhex(args["bind_public_key"]) if args.get("bind_public_key") else b""
         report_data = report_data_binding(nonce, public_key)
         guest = self._execute_module(
             module_name="snpguard.cvm.snp_guest_report",
@@ -65,10 +68,14 @@ class ActionModule(ActionBase):
         if failures:
             result.update(failed=True, check=failures[0].name,
                           msg=f"attestation refused: check {failures[0].name} failed: {failures[0].message()}")
-        if args.get("report_dest"):
+        if args.get("report_dest") and not self._task.check_mode:
             import base64
 
             from ansible_collections.snpguard.cvm.plugins.module_utils.fileio import atomic_write
 
-            atomic_write(args["report_dest"], base64.b64decode(guest["report_b64"]))
+            try:
+                atomic_write(args["report_dest"], base64.b64decode(guest["report_b64"]))
+            except SnpError as exc:
+                raise AnsibleActionFail(f"report_dest: {exc.message}",
+                                        result=dict(result, field="report_dest", path=exc.path)) from None
         return result

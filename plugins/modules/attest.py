@@ -40,7 +40,7 @@ options:
     type: int
     default: 0
   report_dest:
-    description: Also save the raw report on the controller at this path.
+    description: Also save the raw report on the controller at this path (not in check mode).
     type: path
   guest_simulated_amdsp:
     description:
