@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         raise SnpError(f"missing --vcpus N in guest mode '{config.mode.value}'", field="--vcpus")
     result = measure(config)
     checked = cross_check(config, result) if args.cross_check else None
-    if args.dump_vmsa:
+    if args.dump_vmsa and config.mode is not Mode.SNP_OVMF_HASH:
         _dump_vmsas(result)
     if args.json:
         doc = result.as_dict(explain=args.explain)
@@ -142,9 +142,9 @@ def _diff(args: argparse.Namespace) -> int:
             raise SnpError(f"not JSON: {exc}", field=name, path=path) from exc
     if args.diff_json:
         differences = diff_launches(docs[0], docs[1])
-        print(json.dumps({"differ": bool(differences) or docs[0].get("measurements") != docs[1].get("measurements"),
-                          "differences": [d.as_dict() for d in differences]}, indent=2))
-        return 1 if differences else 0
+        differ = bool(differences) or docs[0].get("measurements") != docs[1].get("measurements")
+        print(json.dumps({"differ": differ, "differences": [d.as_dict() for d in differences]}, indent=2))
+        return 1 if differ else 0
     text, differ = render_diff(docs[0], docs[1])
     print(text)
     return 1 if differ else 0

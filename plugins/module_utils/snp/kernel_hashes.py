@@ -52,8 +52,12 @@ def sha256_file(path: str, field: str) -> bytes:
 
 
 def cmdline_bytes(append: str | None) -> bytes:
-    """The bytes QEMU hashes for the command line: the text plus its NUL, or a lone NUL."""
-    return append.encode() + b"\x00" if append else b"\x00"
+    """The bytes QEMU hashes for the command line: the text plus its NUL, or a lone NUL.
+
+    A command line that came from argv as undecodable bytes (surrogate escapes) is
+    hashed as those raw bytes, exactly as QEMU receives it.
+    """
+    return append.encode("utf-8", "surrogateescape") + b"\x00" if append else b"\x00"
 
 
 @dataclass(frozen=True)

@@ -351,8 +351,8 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
         pages: list[bytes] = []
     else:
         sig = config.vcpu_sig or 0
-        bsp = vcpu_state(BSP_EIP, 0, sig, config.vmm, kvm_init=config.kvm_init).page()
-        ap = vcpu_state(firmware.sev_es_reset_eip, 0, sig, config.vmm, kvm_init=config.kvm_init).page()
+        bsp = vcpu_state(BSP_EIP, 0, sig, config.vmm, config.ec2_vmsa, config.kvm_init).page()
+        ap = vcpu_state(firmware.sev_es_reset_eip, 0, sig, config.vmm, config.ec2_vmsa, config.kvm_init).page()
         digests = {}
         for index in range(max(config.vcpus)):
             digest.update(bsp if index == 0 else ap)

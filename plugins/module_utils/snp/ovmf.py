@@ -204,17 +204,29 @@ def parse_metadata_wrapper(text: str, path: str | None = None) -> tuple[Firmware
 
     It carries the metadata sections, the reset EIP and the firmware's launch digest,
     which is all an SNP measurement needs when the firmware itself is not at hand.
+    Sections get the same range and alignment checks as sections read from a binary.
     """
+    field = "ovmf_metadata"
     try:
         doc = json.loads(text)
-        sections = tuple(
-            Section(int(item["GPA"], 0), int(item["Size"], 0), SectionType(int(item["SectionTypeInt"])))
-            for item in doc["MetadataItems"]
-        )
+        items = [(int(item["GPA"], 0), int(item["Size"], 0), int(item["SectionTypeInt"]))
+                 for item in doc["MetadataItems"]]
         reset_eip = int(doc["ResetEIP"], 0)
         ovmf_hash = bytes.fromhex(doc["OVMFHash"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FormatError(f"not an OVMF metadata description: {exc}", field="ovmf_metadata", path=path) from exc
+        raise FormatError(f"not an OVMF metadata description: {exc}", field=field, path=path) from exc
+    sections = []
+    for index, (gpa, size, raw_type) in enumerate(items):
+        try:
+            section_type = SectionType(raw_type)
+        except ValueError:
+            raise FormatError(f"section {index} has unknown type 0x{raw_type:x}", field=field, path=path) from None
+        if not (0 <= gpa <= 0xFFFFFFFF and 0 <= size <= 0xFFFFFFFF) or gpa % 0x1000 or size % 0x1000:
+            raise FormatError(f"section {index} ({section_type.name}) is not a page-aligned 32-bit range: "
+                              f"gpa {gpa:#x} size {size:#x}", field=field, path=path)
+        sections.append(Section(gpa, size, section_type))
+    if not 0 <= reset_eip <= 0xFFFFFFFF:
+        raise FormatError(f"ResetEIP {reset_eip:#x} is not a 32-bit address", field=field, path=path)
     if len(ovmf_hash) != 48:
-        raise FormatError("OVMFHash must be 48 bytes", field="ovmf_metadata", path=path)
-    return FirmwareImage(b"", {}, sections, FOUR_GB, path, precomputed_reset_eip=reset_eip), ovmf_hash
+        raise FormatError("OVMFHash must be 48 bytes", field=field, path=path)
+    return FirmwareImage(b"", {}, tuple(sections), FOUR_GB, path, field, precomputed_reset_eip=reset_eip), ovmf_hash
