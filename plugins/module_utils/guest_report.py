@@ -197,7 +197,8 @@ def get_report(report_data: bytes, vmpl: int = 0, *, want_certs: bool = True, ts
     ``simulated_amdsp`` (explicit only) uses a simulated AMD-SP directory instead.
     """
     if simulated_amdsp:
-        return via_simulator(report_data, vmpl, simulated_amdsp)
+        simulated = via_simulator(report_data, vmpl, simulated_amdsp)
+        return simulated if want_certs else GuestReport(simulated.report, None, simulated.source)
     if os.path.isdir(tsm_root):
         return via_configfs(report_data, vmpl, tsm_root, want_certs)
     if os.path.exists(device):
