@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from ..plugins.module_utils.snp.errors import SnpError
-from . import id_block, measure, report
+from . import id_block, measure, report, server
 
-SUBCOMMANDS = (measure, id_block, report)
+SUBCOMMANDS = (measure, id_block, report, server)
 
 
 def build_parser() -> argparse.ArgumentParser:

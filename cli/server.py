@@ -1,0 +1,148 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""``snpguard server run|init|reset-master-password|token``: the key-release server.
+
+The web and database libraries are imported inside the handlers only, so the rest of
+the CLI stays fast and works on hosts without the server's dependencies
+(requirements-server.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from ..plugins.module_utils.snp.errors import SnpError
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, metavar="DIR", help="state: database, KEK, TLS, config.json")
+    parser.add_argument("--db-url", metavar="URL", help="SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db "
+                        "(default: SQLite in the data dir)")
+    parser.add_argument("--kek-file", metavar="FILE", help="the key-encryption key (default DIR/kek.key); "
+                        "replicas share it")
+
+
+def register(subparsers: Any) -> None:
+    server = subparsers.add_parser("server", help="run and administer the key-release server")
+    actions = server.add_subparsers(dest="server_action", metavar="ACTION", required=True)
+
+    run = actions.add_parser("run", help="start the server (initialises state on first start)")
+    _common(run)
+    run.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8443")
+    run.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); default: generated")
+    run.add_argument("--tls-key", metavar="FILE")
+    run.add_argument("--tls-names", type=_csv, metavar="A,B", help="DNS names of the generated certificate")
+    run.add_argument("--tls-ips", type=_csv, metavar="IP,IP", help="IP addresses of the generated certificate")
+    run.add_argument("--insecure-http", action="store_true", default=None, help="plain HTTP (tests behind a proxy)")
+    run.add_argument("--simulated-root", dest="simulated_roots", action="append", metavar="ARK.pem",
+                     help="ALSO trust this SIMULATED AMD-SP root (test labs only)")
+    run.add_argument("--kds-cache", metavar="DIR", help="AMD KDS certificate cache (default DIR/kds-cache)")
+    run.add_argument("--offline", action="store_true", default=None, help="never contact AMD KDS")
+    run.add_argument("--require-crl", action="store_true", default=None, help="fetch and require AMD's CRL")
+    run.add_argument("--workers", type=int, metavar="N", help="uvicorn worker processes (default 1)")
+    run.add_argument("--nonce-ttl", type=int, metavar="SECONDS", help="challenge lifetime (default 60)")
+    run.add_argument("--rate-limit", type=int, metavar="N",
+                     help="attestation requests per window and client address (default 600; 0 disables)")
+    run.add_argument("--rate-window", type=int, metavar="SECONDS", help="rate-limit window (default 60)")
+    run.add_argument("--max-body", type=int, metavar="BYTES", help="admin request bodies (default 1 MiB)")
+    run.add_argument("--max-image-body", type=int, metavar="BYTES", help="registrations (default 512 MiB)")
+    run.add_argument("--forwarded-allow-ips", metavar="IPS", help="trust X-Forwarded-For from these proxies")
+    run.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    run.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    run.set_defaults(handler=_run)
+
+    init = actions.add_parser("init", help="create the state, print the master password once, exit")
+    _common(init)
+    init.add_argument("--password-file", metavar="FILE",
+                      help="write the new master password to this new 0600 file instead of printing it")
+    init.add_argument("--tls-names", type=_csv, metavar="A,B")
+    init.add_argument("--tls-ips", type=_csv, metavar="IP,IP")
+    init.add_argument("--save-config", action="store_true",
+                      help="record --db-url/--kek-file/--tls-* in DIR/config.json for later 'run'")
+    init.set_defaults(handler=_init)
+
+    reset = actions.add_parser("reset-master-password", help="generate a new master password and print it once")
+    _common(reset)
+    reset.add_argument("--password-file", metavar="FILE", help="write it to this new 0600 file instead")
+    reset.set_defaults(handler=_reset)
+
+    token = actions.add_parser("token", help="mint an API token directly in the database (bootstrap)")
+    _common(token)
+    token.add_argument("--name", required=True)
+    token.add_argument("--expires-at", metavar="ISO8601")
+    token.set_defaults(handler=_token)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    try:
+        from ..server.config import load_settings
+    except ImportError as exc:  # pragma: no cover - depends on the host
+        raise SnpError(f"the server needs its dependencies (pip install -r requirements-server.txt): {exc}",
+                       field="server") from exc
+    keys = ("db_url", "kek_file", "listen", "tls_cert", "tls_key", "tls_names", "tls_ips", "insecure_http",
+            "simulated_roots", "kds_cache", "offline", "require_crl", "workers", "nonce_ttl", "rate_limit",
+            "rate_window", "max_body", "max_image_body", "forwarded_allow_ips", "log_level")
+    overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    overrides.update(extra)
+    return load_settings(args.data_dir, overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.run import serve
+
+    return serve(settings, access_log=not args.no_access_log)
+
+
+def _init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.run import announce_password, prepare_tls
+    from ..server.state import initialize, write_config
+    from ..server.tls import ca_fingerprint
+
+    result = initialize(settings)
+    tls = prepare_tls(settings)
+    if args.save_config:
+        values = {k: v for k, v in (("db_url", args.db_url), ("kek_file", settings.kek_file if args.kek_file else None),
+                                    ("tls_names", args.tls_names), ("tls_ips", args.tls_ips)) if v}
+        print(f"snpguard server: configuration saved to {write_config(settings, values)}")
+    announce_password(result, sys.stdout, args.password_file)
+    if result.master_password is None:
+        print("snpguard server: already initialised (master password unchanged)")
+    if tls is not None:
+        print(f"snpguard server: TLS CA {tls.ca or tls.cert} sha256 {ca_fingerprint(tls)}")
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.run import announce_password
+    from ..server.state import InitResult, reset_master_password
+
+    password = reset_master_password(settings)
+    announce_password(InitResult(password, "", b""), sys.stdout, args.password_file)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.state import create_token_offline
+
+    expires = None
+    if args.expires_at:
+        try:
+            when = datetime.fromisoformat(args.expires_at)
+        except ValueError as exc:
+            raise SnpError(f"{args.expires_at!r} is not ISO 8601", field="expires_at") from exc
+        expires = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    token_id, token = create_token_offline(settings, args.name, expires)
+    print(token)
+    print(f"snpguard server: token {token_id} ({args.name}) created; it is shown only this once", file=sys.stderr)
+    return 0

@@ -1,0 +1,278 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The REST API under /v1: thin handlers that validate, authenticate and call one service.
+
+Handlers are plain ``def`` (FastAPI runs them in its thread pool): the work is CPU
+(signature checks) and a synchronous database driver, and the GIL is released in both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from sqlalchemy import select, text, update
+
+from ..plugins.module_utils.keyrelease import HPKE_SUITE_IDS, HPKE_SUITE_NAME, INGEST_LABEL, KEY_RELEASE_LABEL
+from ..plugins.module_utils.snp.binding import REPORT_DATA_LABEL
+from . import API_VERSION, SERVER_VERSION, attestation, auth, images, ratelimit
+from .context import ServerContext
+from .db import current_revision, now_ms, read_tx, tokens, write_tx
+from .errors import ApiError
+from .schemas import (
+    AuditList,
+    Challenge,
+    Deleted,
+    ErrorBody,
+    Health,
+    ImageCreate,
+    ImageList,
+    ImageOut,
+    PublicInfo,
+    Ready,
+    Released,
+    TokenCreate,
+    TokenCreated,
+    TokenList,
+    TokenRevoked,
+    VerifyRequest,
+)
+
+bearer = HTTPBearer(auto_error=False, description="API token: sgt_<id>_<secret>")
+basic = HTTPBasic(auto_error=False, description="the master password (any user name); POST /v1/tokens only")
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing, invalid, revoked or expired token"},
+    404: {"model": ErrorBody, "description": "no such object"},
+}
+MESSAGES = {
+    "unauthenticated": "this endpoint needs 'Authorization: Bearer <API token>'",
+    "token_invalid": "the API token is not valid",
+    "token_revoked": "the API token was revoked",
+    "token_expired": "the API token has expired",
+}
+
+ImageId = Annotated[uuid.UUID, Path(description="image id (UUID)")]
+TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="token id (16 hex digits)")]
+
+
+def context(request: Request) -> ServerContext:
+    return request.app.state.ctx
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _unauthorized(code: str) -> ApiError:
+    return ApiError(401, code, MESSAGES[code], headers={"WWW-Authenticate": 'Bearer realm="snpguard"'})
+
+
+def require_admin(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The id of a valid API token, or 401 naming why not."""
+    ctx = context(request)
+    with write_tx(ctx.engine) as conn:
+        result = auth.check_token(conn, request.headers.get("authorization"))
+    if not result.ok:
+        raise _unauthorized(result.code or "unauthenticated")
+    return result.token_id or ""
+
+
+Admin = Annotated[str, Depends(require_admin)]
+router = APIRouter(prefix=f"/{API_VERSION}")
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+# -- health and public facts ------------------------------------------------------------------------
+
+
+@router.get("/health", response_model=Health, tags=["health"], summary="liveness")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", response_model=Ready, tags=["health"], summary="readiness: database reachable, schema at head",
+            responses={503: {"model": ErrorBody}})
+def ready(request: Request) -> Any:
+    ctx = context(request)
+    try:
+        with read_tx(ctx.engine) as conn:
+            conn.execute(text("SELECT 1"))
+            revision = current_revision(conn)
+    except Exception as exc:  # any driver error means "not ready"
+        return JSONResponse({"error": {"code": "not_ready", "message": f"database unreachable: {type(exc).__name__}"}},
+                            status_code=503)
+    if revision != ctx.head:
+        return JSONResponse({"error": {"code": "not_ready", "message": f"schema at {revision}, want {ctx.head}"}},
+                            status_code=503)
+    return {"status": "ready", "revision": revision}
+
+
+@router.get("/public/info", response_model=PublicInfo, tags=["public"],
+            summary="what agents and conversion need: the ingestion key and the protocol constants")
+def public_info(request: Request) -> dict[str, Any]:
+    ctx = context(request)
+    return {
+        "version": SERVER_VERSION, "api": API_VERSION,
+        "ingestion_public_key": ctx.ingestion_public_b64,
+        "hpke_suite": HPKE_SUITE_NAME, "hpke_suite_ids": list(HPKE_SUITE_IDS),
+        "key_release_info_label": KEY_RELEASE_LABEL.decode(), "ingest_info_label": INGEST_LABEL.decode(),
+        "report_data_label": REPORT_DATA_LABEL.decode(),
+        "trusts_simulated_root": bool(ctx.simulated_roots),
+        "tls_ca_sha256": ctx.tls_ca_sha256, "nonce_ttl_seconds": ctx.settings.nonce_ttl,
+    }
+
+
+# -- images ---------------------------------------------------------------------------------------------
+
+
+@router.post("/images", response_model=ImageOut, status_code=201, tags=["images"],
+             summary="register an image (idempotent: identical content gives 200 and created=false)",
+             responses={200: {"model": ImageOut, "description": "unchanged, or replaced with replace=true"},
+                        409: {"model": ErrorBody, "description": "name or measurement taken"},
+                        413: {"model": ErrorBody}, **ADMIN_ERRORS})
+def register_image(request: Request, body: ImageCreate, _admin: Admin) -> Any:
+    status, out = images.register(context(request), body)
+    return JSONResponse(jsonable_encoder(out), status_code=status)
+
+
+@router.get("/images", response_model=ImageList, tags=["images"], responses=ADMIN_ERRORS)
+def list_images(request: Request, _admin: Admin) -> dict[str, Any]:
+    return {"items": images.list_images(context(request))}
+
+
+@router.get("/images/{image_id}", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
+def get_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+    return images.get_image(context(request), str(image_id))
+
+
+@router.post("/images/{image_id}/enable", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
+def enable_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+    return images.set_enabled(context(request), str(image_id), True)
+
+
+@router.post("/images/{image_id}/disable", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
+def disable_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+    return images.set_enabled(context(request), str(image_id), False)
+
+
+@router.delete("/images/{image_id}", response_model=Deleted, tags=["images"], responses=ADMIN_ERRORS)
+def delete_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+    images.delete_image(context(request), str(image_id))
+    return {"id": str(image_id), "deleted": True}
+
+
+@router.get("/images/{image_id}/bundle", tags=["images"], response_class=Response,
+            summary="the launch-artifacts bundle (tar.gz)",
+            responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the bundle"}, **ADMIN_ERRORS})
+def get_bundle(request: Request, image_id: ImageId, _admin: Admin) -> Response:
+    name, data, sha256 = images.get_bundle(context(request), str(image_id))
+    # The name matches ^[A-Za-z0-9][A-Za-z0-9._-]*$: safe in a header and as a file name.
+    return Response(data, media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{name}.bundle.tar.gz"', "X-Content-SHA256": sha256,
+        "Cache-Control": "no-store"})
+
+
+# -- tokens ---------------------------------------------------------------------------------------------
+
+
+def _token_admin(request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 _basic: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str:
+    """A valid API token, or the master password (so a fresh server can mint its first token)."""
+    header = request.headers.get("authorization")
+    password = auth.basic_auth_password(header)
+    if password is None:
+        return require_admin(request, None)
+    ctx = context(request)
+    with write_tx(ctx.engine) as conn:
+        ratelimit.hit(conn, f"login:{client_address(request)}", 20, 60, now_ms())
+    with read_tx(ctx.engine) as conn:
+        ok = auth.verify_master_password(conn, password)
+    if not ok:
+        raise ApiError(401, "password_invalid", "the master password is not correct",
+                       headers={"WWW-Authenticate": 'Basic realm="snpguard"'})
+    return "master-password"
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201, tags=["tokens"],
+             summary="create an API token (shown once); accepts the master password as HTTP Basic",
+             responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}})
+def create_token(request: Request, body: TokenCreate, _who: Annotated[str, Depends(_token_admin)]) -> dict[str, Any]:
+    expires_ms = None
+    if body.expires_at is not None:
+        when = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
+        try:
+            expires_ms = int(when.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at") from exc
+        if not 0 <= expires_ms < 1 << 62:
+            raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at")
+    with write_tx(context(request).engine) as conn:
+        token_id, token, created = auth.create_token(conn, body.name, expires_ms)
+    return {"id": token_id, "name": body.name, "token": token, "created_at": _ts(created),
+            "expires_at": _ts(expires_ms)}
+
+
+@router.get("/tokens", response_model=TokenList, tags=["tokens"], responses=ADMIN_ERRORS)
+def list_tokens(request: Request, _admin: Admin) -> dict[str, Any]:
+    now = now_ms()
+    with read_tx(context(request).engine) as conn:
+        rows = conn.execute(select(tokens).order_by(tokens.c.created_at)).all()
+    return {"items": [{
+        "id": r.id, "name": r.name, "created_at": _ts(r.created_at), "expires_at": _ts(r.expires_at),
+        "revoked_at": _ts(r.revoked_at), "last_used_at": _ts(r.last_used_at),
+        "state": "revoked" if r.revoked_at is not None else
+                 "expired" if r.expires_at is not None and r.expires_at <= now else "active",
+    } for r in rows]}
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenRevoked, tags=["tokens"], responses=ADMIN_ERRORS)
+def revoke_token(request: Request, token_id: TokenId, _admin: Admin) -> dict[str, Any]:
+    with write_tx(context(request).engine) as conn:
+        row = conn.execute(select(tokens.c.id, tokens.c.revoked_at).where(tokens.c.id == token_id)).first()
+        if row is None:
+            raise ApiError(404, "not_found", "no such token", field="id")
+        if row.revoked_at is None:
+            conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=now_ms()))
+    return {"id": token_id, "revoked": True}
+
+
+# -- attestation ----------------------------------------------------------------------------------------
+
+
+ATTEST_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody}, 429: {"model": ErrorBody, "description": "rate limited; see Retry-After"}}
+
+
+@router.post("/attest/challenge", response_model=Challenge, tags=["attestation"],
+             summary="a single-use nonce for one handshake (unauthenticated)", responses=ATTEST_ERRORS)
+def attest_challenge(request: Request) -> dict[str, Any]:
+    return attestation.challenge(context(request), client_address(request))
+
+
+@router.post("/attest/verify", response_model=Released, tags=["attestation"],
+             summary="verify a report bound to the nonce and the agent's key; release the sealed volume key",
+             responses={403: {"model": ErrorBody, "description": "attestation_refused, naming the failed check"},
+                        **ATTEST_ERRORS})
+def attest_verify(request: Request, body: VerifyRequest) -> dict[str, Any]:
+    return attestation.verify(context(request), client_address(request), body)
+
+
+@router.get("/audit", response_model=AuditList, tags=["audit"], summary="attestation decisions, newest first",
+            responses=ADMIN_ERRORS)
+def get_audit(request: Request, _admin: Admin,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
+              image: Annotated[str | None, Query(max_length=128, description="image id or name")] = None,
+              ) -> dict[str, Any]:
+    return {"items": attestation.audit_entries(context(request), limit, offset, image), "limit": limit,
+            "offset": offset}

@@ -1,0 +1,78 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The ASGI application factory.
+
+``create_app(settings)`` is what uvicorn workers, tests and the dashboard build on: it
+opens the (already initialised) database, loads the KEK and keys, mounts the REST API
+under /v1 and the dashboard router from ``server.web``, and publishes the OpenAPI
+document at /v1/openapi.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from . import API_VERSION, SERVER_VERSION, errors
+from .api import router as api_router
+from .config import Settings
+from .context import ServerContext, build_context
+from .limits import BodyLimitMiddleware
+from .tls import TlsFiles
+
+OPENAPI_URL = f"/{API_VERSION}/openapi.json"
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with our error shape instead of its default 422 validation body."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path_item in doc.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                del responses["422"]
+                responses["400"] = {"description": "invalid request (the error names the field)",
+                                    "content": {"application/json": {"schema": error_ref}}}
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    app.openapi_schema = doc
+    return doc
+
+
+def create_app(settings: Settings, *, tls: TlsFiles | None = None, ctx: ServerContext | None = None) -> FastAPI:
+    ctx = ctx or build_context(settings, tls)
+    app = FastAPI(
+        title="snpguard key-release server",
+        version=SERVER_VERSION,
+        description="Registers AMD SEV-SNP images and releases their volume keys to guests that attest "
+                    "(protocol v1: challenge, then verify a report bound to the nonce and the agent's X25519 key; "
+                    "the key comes back HPKE-sealed). Admin endpoints need 'Authorization: Bearer <API token>'.",
+        openapi_url=OPENAPI_URL, docs_url=None, redoc_url=None,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    app.include_router(api_router)
+    from .web import install as install_web
+
+    install_web(app, ctx)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: settings come from the environment (see ``run``)."""
+    import os
+
+    settings = Settings.from_env()
+    tls = None
+    cert, key, ca = (os.environ.get(f"SNPGUARD_TLS_{n}") for n in ("CERT", "KEY", "CA"))
+    if cert and key:
+        tls = TlsFiles(cert=cert, key=key, ca=ca or None)
+    return create_app(settings, tls=tls)

@@ -1,0 +1,230 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The server's half of the key-release protocol (DESIGN §3): challenge, verify, release.
+
+A verify request runs in three steps so that the database is locked only briefly:
+
+1. one short transaction counts the request against the rate limit and reads the
+   session and the image registered for the report's measurement;
+2. no transaction: the report is verified completely by ``attest()`` (AMD chain or a
+   configured simulated root, signature, REPORT_DATA binding, measurement, policy,
+   minimum TCB, ID/author keys, host data, VMPL 0) and, only if everything passed,
+   the volume key is HPKE-sealed to the agent's key;
+3. one write transaction makes the decision durable: consume the session (only if
+   still unconsumed — a concurrent replay loses here), count the release on the
+   image (only if still enabled), and write the audit row.  The sealed key leaves the
+   server only after that commit.
+
+Every refusal names the failed check (to the caller and in the audit log); the key,
+the nonce and the report's secrets never appear in either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from ..plugins.module_utils.collateral import CollateralSources, resolve_collateral
+from ..plugins.module_utils.keyrelease import HPKE_SUITE_NAME, X25519_KEY_SIZE, seal_volume_key, wipe
+from ..plugins.module_utils.snp.attest import attest
+from ..plugins.module_utils.snp.binding import NONCE_SIZE, report_data_binding
+from ..plugins.module_utils.snp.cert_table import parse_cert_table
+from ..plugins.module_utils.snp.checks import VerificationError
+from ..plugins.module_utils.snp.errors import SnpError
+from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
+from . import kek, ratelimit
+from .context import ServerContext
+from .db import attest_sessions, audit, images, measurements, now_ms, write_tx
+from .errors import ApiError
+from .images import expectations_for
+from .schemas import VerifyRequest
+
+SWEEP_PROBABILITY = 0.01
+KEEP_SESSIONS_MS = 3600 * 1000
+
+
+@dataclass
+class Decision:
+    check: str | None  # None: released
+    message: str
+    image: Any = None
+    product: Any = None
+
+    @property
+    def released(self) -> bool:
+        return self.check is None
+
+
+def _iso(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def challenge(ctx: ServerContext, source: str) -> dict[str, Any]:
+    """A fresh single-use nonce, stored with its expiry (any replica can verify it)."""
+    settings = ctx.settings
+    now = now_ms()
+    session_id = str(uuid.uuid4())
+    nonce = os.urandom(NONCE_SIZE)
+    expires = now + settings.nonce_ttl * 1000
+    with write_tx(ctx.engine) as conn:
+        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
+        conn.execute(insert(attest_sessions).values(id=session_id, nonce=nonce, source=source[:64],
+                                                    created_at=now, expires_at=expires))
+        if random.random() < SWEEP_PROBABILITY:
+            conn.execute(delete(attest_sessions).where(attest_sessions.c.expires_at < now - KEEP_SESSIONS_MS))
+    return {"session_id": session_id, "nonce": base64.b64encode(nonce).decode(), "expires_at": _iso(expires)}
+
+
+def _b64(value: str) -> bytes | None:
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _reported_tcb(report: AttestationReport | None, product: Any) -> str | None:
+    if report is None:
+        return None
+    if product is not None:
+        try:
+            return json.dumps(report.tcb("reported", product).components(), sort_keys=True)
+        except SnpError:
+            pass
+    return json.dumps({"raw": f"{report.reported_tcb_raw:016x}"})
+
+
+def _decide(ctx: ServerContext, req: VerifyRequest, session: Any, report: AttestationReport | None,
+            image: Any, generated: str | None, agent_key: bytes | None, certs: bytes | None,
+            now: int) -> Decision:
+    """Every check, in order: session, request shape, report authenticity, then the image's policy."""
+    if session is None:
+        return Decision("session.unknown", "no such session (ask /v1/attest/challenge for one)")
+    if session.consumed_at is not None:
+        return Decision("session.replayed", "this session was already used; every nonce is single-use")
+    if session.expires_at <= now:
+        return Decision("session.expired", f"the nonce expired {(now - session.expires_at) // 1000} s ago")
+    if agent_key is None or len(agent_key) != X25519_KEY_SIZE:
+        return Decision("request.agent_public_key", "agent_public_key must be a raw 32-byte X25519 key, base64")
+    if report is None:
+        return Decision("report.format", f"report must be {REPORT_SIZE} bytes of a valid attestation report, base64")
+    if req.certs is not None and certs is None:
+        return Decision("request.certs", "certs is not valid base64")
+    try:
+        extended = parse_cert_table(certs, field="certs") if certs else None
+        collateral = resolve_collateral(report, CollateralSources(extended=extended, kds=ctx.kds,
+                                                                  fetch_crl=ctx.settings.require_crl))
+    except SnpError as exc:
+        return Decision("collateral", f"cannot assemble the certificate chain: {exc}")
+    binding = report_data_binding(bytes(session.nonce), agent_key)
+    spec = json.loads(image.spec) if image is not None else None
+    try:
+        if spec is not None:
+            expect = expectations_for(spec, generated, report.measurement, binding)
+        else:
+            from ..plugins.module_utils.snp.validate import Expectations
+
+            expect = Expectations(report_data=binding, vmpl=0)
+        result = attest(report, collateral, ctx.trust(), expect)
+    except VerificationError as exc:
+        return Decision(exc.check, str(exc), image)
+    except SnpError as exc:
+        return Decision(exc.field or "report", str(exc), image)
+    if image is None:
+        return Decision("measurement", f"measurement {report.measurement.hex()} is not registered to any image",
+                        None, result.product)
+    if not image.enabled:
+        return Decision("image.disabled", f"image {image.name!r} is disabled", image, result.product)
+    return Decision(None, "released", image, result.product)
+
+
+def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any]:
+    settings = ctx.settings
+    now = now_ms()
+    raw_report = _b64(req.report)
+    agent_key = _b64(req.agent_public_key)
+    certs = _b64(req.certs) if req.certs is not None else None
+    report: AttestationReport | None = None
+    if raw_report is not None and len(raw_report) == REPORT_SIZE:
+        try:
+            report = parse_report(raw_report)
+        except SnpError:
+            report = None
+    measurement = report.measurement.hex() if report is not None else None
+
+    # 1. rate limit, session, image (one short transaction).
+    with write_tx(ctx.engine) as conn:
+        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
+        session = conn.execute(select(attest_sessions).where(attest_sessions.c.id == req.session_id)).first()
+        image = None
+        if measurement is not None and session is not None:
+            image = conn.execute(
+                select(images).join(measurements, measurements.c.image_id == images.c.id)
+                .where(measurements.c.measurement == measurement)).first()
+
+    # 2. verification and sealing, outside any transaction.
+    decision = _decide(ctx, req, session, report, image, image.id_key_digest if image is not None else None,
+                       agent_key, certs, now)
+    sealed: bytes | None = None
+    if decision.released:
+        volume_key = kek.open_blob(ctx.kek, image.volume_key_enc, kek.VOLUME_KEY_AAD + image.id.encode(),
+                                   what="volume key")
+        try:
+            sealed = seal_volume_key(volume_key, agent_key, req.session_id, raw_report)
+        finally:
+            wipe(volume_key)
+
+    # 3. the decision, durable and atomic: consume, count, audit.
+    with write_tx(ctx.engine) as conn:
+        if session is not None:
+            consumed = conn.execute(update(attest_sessions)
+                                    .where(attest_sessions.c.id == req.session_id,
+                                           attest_sessions.c.consumed_at.is_(None))
+                                    .values(consumed_at=now)).rowcount
+            if not consumed and decision.check not in ("session.replayed",):
+                decision = Decision("session.replayed", "this session was used concurrently", decision.image,
+                                    decision.product)
+                sealed = None
+        if decision.released:
+            counted = conn.execute(update(images).where(images.c.id == image.id, images.c.enabled.is_(True))
+                                   .values(release_count=images.c.release_count + 1, last_release_at=now)).rowcount
+            if not counted:
+                decision = Decision("image.disabled", f"image {image.name!r} was disabled", image, decision.product)
+                sealed = None
+        if not decision.released and decision.image is not None:
+            conn.execute(update(images).where(images.c.id == decision.image.id)
+                         .values(refusal_count=images.c.refusal_count + 1))
+        conn.execute(insert(audit).values(
+            at=now, source=source[:64], session_id=req.session_id if session is not None else None,
+            image_id=decision.image.id if decision.image is not None else None,
+            image_name=decision.image.name if decision.image is not None else None,
+            measurement=measurement, reported_tcb=_reported_tcb(report, decision.product),
+            result="released" if decision.released else "refused", check_name=decision.check,
+            message=None if decision.released else decision.message[:2000]))
+
+    if not decision.released or sealed is None:
+        raise ApiError(403, "attestation_refused", decision.message, check=decision.check)
+    return {"image": {"id": image.id, "name": image.name}, "sealed_key": base64.b64encode(sealed).decode(),
+            "session_id": req.session_id, "hpke_suite": HPKE_SUITE_NAME}
+
+
+def audit_entries(ctx: ServerContext, limit: int, offset: int, image: str | None) -> list[dict[str, Any]]:
+    from .db import read_tx
+
+    query = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
+    if image:
+        query = query.where((audit.c.image_id == image) | (audit.c.image_name == image))
+    with read_tx(ctx.engine) as conn:
+        rows = conn.execute(query).all()
+    return [{"id": r.id, "at": _iso(r.at), "source": r.source, "session_id": r.session_id, "image_id": r.image_id,
+             "image_name": r.image_name, "measurement": r.measurement,
+             "reported_tcb": json.loads(r.reported_tcb) if r.reported_tcb else None, "result": r.result,
+             "check": r.check_name, "message": r.message} for r in rows]

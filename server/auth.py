@@ -1,0 +1,175 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Who may administer the server: the master password, API tokens, dashboard sessions.
+
+* The master password is generated (192 random bits), printed once and stored only as
+  a PBKDF2-SHA256 hash (passlib, pure Python: no C-extension surprises).
+* API tokens are ``sgt_<id>_<secret>``: the id finds the row, the secret is checked
+  against its hash.  Secrets are 256 random bits, so a low PBKDF2 round count costs an
+  attacker nothing they could use and keeps every admin request cheap.
+* Dashboard sessions (for the web UI built on top): a random cookie whose SHA-256 is
+  the row id, with a per-session CSRF token; cookies are HttpOnly, SameSite=Strict and
+  Secure unless the server runs on plain HTTP.  All of it lives in the database, so
+  any replica can serve any request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from passlib.hash import pbkdf2_sha256
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from .db import now_ms, settings_table, tokens, web_sessions
+
+MASTER_HASH = pbkdf2_sha256.using(rounds=600_000)
+TOKEN_HASH = pbkdf2_sha256.using(rounds=1_000)
+TOKEN_PREFIX = "sgt"
+TOKEN_RE = re.compile(r"^sgt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+TOKEN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MASTER_SETTING = "master_password_hash"
+COOKIE_NAME = "snpguard_session"
+SESSION_TTL_MS = 12 * 3600 * 1000
+
+
+# -- master password ---------------------------------------------------------------------------
+
+
+def generate_master_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def hash_master_password(password: str) -> str:
+    return MASTER_HASH.hash(password)
+
+
+def set_master_password(conn: Connection, password: str) -> None:
+    """Store the hash (insert or replace) and end every dashboard session."""
+    hashed = hash_master_password(password)
+    existing = conn.execute(select(settings_table.c.name).where(settings_table.c.name == MASTER_SETTING)).first()
+    if existing:
+        conn.execute(update(settings_table).where(settings_table.c.name == MASTER_SETTING)
+                     .values(value=hashed, updated_at=now_ms()))
+    else:
+        conn.execute(insert(settings_table).values(name=MASTER_SETTING, value=hashed, updated_at=now_ms()))
+    conn.execute(delete(web_sessions))
+
+
+def verify_master_password(conn: Connection, password: str) -> bool:
+    row = conn.execute(select(settings_table.c.value).where(settings_table.c.name == MASTER_SETTING)).first()
+    if row is None or not isinstance(password, str) or not password:
+        return False
+    try:
+        return bool(MASTER_HASH.verify(password, row.value))
+    except (ValueError, TypeError):
+        return False
+
+
+def basic_auth_password(header: str | None) -> str | None:
+    """The password of an ``Authorization: Basic`` header (any user name), or None."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
+# -- API tokens ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """Outcome of checking a bearer token; ``code`` names why it was refused."""
+
+    token_id: str | None
+    code: str | None  # None when valid: else unauthenticated, token_invalid, token_revoked, token_expired
+
+    @property
+    def ok(self) -> bool:
+        return self.code is None
+
+
+def create_token(conn: Connection, name: str, expires_at_ms: int | None) -> tuple[str, str, int]:
+    """Insert a token; returns (id, the full token shown once, created_at)."""
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    created = now_ms()
+    conn.execute(insert(tokens).values(id=token_id, name=name, secret_hash=TOKEN_HASH.hash(secret),
+                                       created_at=created, expires_at=expires_at_ms))
+    return token_id, f"{TOKEN_PREFIX}_{token_id}_{secret}", created
+
+
+def check_token(conn: Connection, header: str | None, *, touch: bool = True) -> TokenCheck:
+    """Validate ``Authorization: Bearer sgt_…`` against the tokens table."""
+    if not header or not header.lower().startswith("bearer "):
+        return TokenCheck(None, "unauthenticated")
+    match = TOKEN_RE.match(header[7:].strip())
+    if not match:
+        return TokenCheck(None, "token_invalid")
+    token_id, secret = match.groups()
+    row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
+    if row is None:
+        TOKEN_HASH.hash(secret)  # same work as a hit: no timing oracle for token ids
+        return TokenCheck(None, "token_invalid")
+    if not TOKEN_HASH.verify(secret, row.secret_hash):
+        return TokenCheck(None, "token_invalid")
+    now = now_ms()
+    if row.revoked_at is not None:
+        return TokenCheck(token_id, "token_revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        return TokenCheck(token_id, "token_expired")
+    if touch and (row.last_used_at is None or now - row.last_used_at > 60_000):
+        conn.execute(update(tokens).where(tokens.c.id == token_id).values(last_used_at=now))
+    return TokenCheck(token_id, None)
+
+
+# -- dashboard sessions -----------------------------------------------------------------------------
+
+
+def _session_id(cookie: str) -> str:
+    return hashlib.sha256(cookie.encode("utf-8")).hexdigest()
+
+
+def create_web_session(conn: Connection, ttl_ms: int = SESSION_TTL_MS) -> tuple[str, str]:
+    """After a successful master-password login: returns (cookie value, CSRF token)."""
+    cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    now = now_ms()
+    conn.execute(insert(web_sessions).values(id=_session_id(cookie), csrf=csrf, created_at=now,
+                                             expires_at=now + ttl_ms, last_seen_at=now))
+    conn.execute(delete(web_sessions).where(web_sessions.c.expires_at < now))
+    return cookie, csrf
+
+
+def lookup_web_session(conn: Connection, cookie: str | None) -> dict[str, Any] | None:
+    """The live session for a cookie value ({id, csrf, created_at, expires_at}), or None."""
+    if not cookie or len(cookie) > 128:
+        return None
+    row = conn.execute(select(web_sessions).where(web_sessions.c.id == _session_id(cookie))).first()
+    if row is None or row.expires_at <= now_ms():
+        return None
+    return dict(row._mapping)
+
+
+def end_web_session(conn: Connection, cookie: str | None) -> None:
+    if cookie:
+        conn.execute(delete(web_sessions).where(web_sessions.c.id == _session_id(cookie)))
+
+
+def csrf_ok(session: dict[str, Any] | None, token: str | None) -> bool:
+    return bool(session and token and hmac.compare_digest(session["csrf"], token))
+
+
+def cookie_params(secure: bool, ttl_ms: int = SESSION_TTL_MS) -> dict[str, Any]:
+    """Keyword arguments for Starlette's ``response.set_cookie(COOKIE_NAME, value, **params)``."""
+    return {"httponly": True, "secure": secure, "samesite": "strict", "path": "/", "max_age": ttl_ms // 1000}

@@ -1,0 +1,131 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Server settings: command line over ``<data-dir>/config.json`` over defaults.
+
+Settings travel to uvicorn worker processes as JSON in one environment variable, so
+every worker (and every replica) builds exactly the same app from the same values.
+Nothing here is secret: the KEK stays in its file, passwords only as hashes in the DB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..plugins.module_utils.snp.errors import SnpError
+
+ENV_SETTINGS = "SNPGUARD_SERVER_SETTINGS"
+CONFIG_NAME = "config.json"
+DB_NAME = "snpguard.db"
+
+
+@dataclass
+class Settings:
+    """Everything a server process needs; paths are absolute after ``resolve``."""
+
+    data_dir: str
+    db_url: str | None = None
+    kek_file: str | None = None
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_names: list[str] = field(default_factory=list)
+    tls_ips: list[str] = field(default_factory=list)
+    insecure_http: bool = False
+    simulated_roots: list[str] = field(default_factory=list)
+    kds_cache: str | None = None
+    offline: bool = False
+    require_crl: bool = False
+    workers: int = 1
+    nonce_ttl: int = 60
+    rate_limit: int = 600  # requests per window and client address on /v1/attest/*; 0 disables
+    rate_window: int = 60
+    max_body: int = 1 << 20  # admin JSON bodies
+    max_attest_body: int = 64 << 10
+    max_image_body: int = 512 << 20  # registrations carry kernel and initrd
+    forwarded_allow_ips: str | None = None
+    log_level: str = "info"
+    db_pool_size: int = 10
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite+pysqlite:///{os.path.join(self.data_dir, DB_NAME)}"
+
+    @property
+    def kek_path(self) -> str:
+        return self.kek_file or os.path.join(self.data_dir, "kek.key")
+
+    @property
+    def tls_dir(self) -> str:
+        return os.path.join(self.data_dir, "tls")
+
+    @property
+    def kds_cache_dir(self) -> str:
+        return self.kds_cache or os.path.join(self.data_dir, "kds-cache")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise SnpError(f"{self.listen!r} is not HOST:PORT", field="listen")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    # -- (de)serialisation -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        text = os.environ.get(ENV_SETTINGS)
+        if not text:
+            raise SnpError(f"{ENV_SETTINGS} is not set (start the server with 'snpguard server run')",
+                           field="settings")
+        return cls.from_json(text)
+
+    def resolve(self) -> Settings:
+        """Make paths absolute and check ranges; returns self."""
+        self.data_dir = os.path.abspath(self.data_dir)
+        for name in ("kek_file", "tls_cert", "tls_key", "kds_cache"):
+            value = getattr(self, name)
+            if value:
+                setattr(self, name, os.path.abspath(value))
+        self.simulated_roots = [os.path.abspath(p) for p in self.simulated_roots]
+        self.host_port  # noqa: B018 - validates
+        for name, low in (("nonce_ttl", 1), ("rate_window", 1), ("workers", 1), ("max_body", 1024),
+                          ("max_attest_body", 1024), ("max_image_body", 1024), ("rate_limit", 0)):
+            if int(getattr(self, name)) < low:
+                raise SnpError(f"must be >= {low}", field=name)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SnpError("give both --tls-cert and --tls-key, or neither", field="tls_cert")
+        return self
+
+
+def load_settings(data_dir: str, overrides: dict[str, Any]) -> Settings:
+    """Defaults, then ``<data-dir>/config.json`` if present, then the non-None ``overrides``."""
+    values: dict[str, Any] = {}
+    path = os.path.join(data_dir, CONFIG_NAME)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise SnpError(f"cannot read the server configuration: {exc}", field="config", path=path) from exc
+        if not isinstance(values, dict):
+            raise SnpError("must be a JSON object", field="config", path=path)
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SnpError(f"unknown settings {', '.join(unknown)}", field="config", path=path)
+    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    values["data_dir"] = data_dir
+    return Settings(**values).resolve()
