@@ -175,7 +175,20 @@ class Apt:
             result = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False)
         if result.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-25:]
-            die(f"apt-get {args[0]} failed (exit {result.returncode}); last lines of {log}:\n  " + "\n  ".join(tail))
+            hint = ""
+            if any("no longer valid" in line or "not valid yet" in line for line in tail):
+                hint = (
+                    "\nThe mirror's Release files are out of their validity window (a frozen snapshot?)."
+                    " apt.conf's Acquire::Check-Valid-Until applies here as for the machine's own apt."
+                )
+            elif any("NO_PUBKEY" in line or "EXPKEYSIG" in line for line in tail):
+                hint = "\nThe keyring does not verify this suite: install a newer debian-archive-keyring, or set"
+                hint += " SNPGUARD_APT_KEYRING to a keyring that does."
+            die(
+                f"apt-get {args[0]} failed (exit {result.returncode}); last lines of {log}:\n  "
+                + "\n  ".join(tail)
+                + hint
+            )
         # apt-get update exits 0 on some fetch/signature problems: treat them as fatal.
         if args[0] == "update":
             text = log.read_text(errors="replace").split(f"$ {' '.join(argv)}")[-1]
