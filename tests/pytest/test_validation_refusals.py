@@ -484,13 +484,8 @@ def test_signature_algo(milan: SimulatedAmdSp) -> None:
     _shows(_refused(milan, _resign(milan, at_0x34=2), "report.signature_algo"), 1, 2)
 
 
-KEY_INFO_BUG = pytest.mark.xfail(strict=True, reason="bug: verify.py _report_format shows only the signing key name "
-                                 "when it is VCEK/VLEK, hiding the reserved KEY_INFO bits that caused the refusal")
-
-
 @pytest.mark.parametrize(("key_info", "shown"), [(7 << 2, "NONE"), (2 << 2, "reserved signing key 2"),
-                                                  pytest.param(1 << 5, "0x20", marks=KEY_INFO_BUG),
-                                                  pytest.param(1 << 5 | 1 << 2, "0x24", marks=KEY_INFO_BUG)])
+                                                  (1 << 5, "0x20"), (1 << 5 | 1 << 2, "0x24")])
 def test_key_info(milan: SimulatedAmdSp, key_info: int, shown: str) -> None:
     """SIGNING_KEY NONE or reserved, or a reserved KEY_INFO bit: the refusal shows which."""
     error = _refused(milan, _resign(milan, at_0x48=key_info), "report.key_info")
@@ -504,8 +499,6 @@ def test_policy_reserved_bits(milan: SimulatedAmdSp, policy: int) -> None:
     assert "bit 17" in str(error) if policy == 0x10000 else "reserved bit" in str(error)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="bug: amd_certs._parse_vek_extensions iterates "
-                   "cert.extensions unguarded; cryptography's ValueError escapes attest()")
 def test_vcek_with_malformed_extension_refused_not_crashing(milan: SimulatedAmdSp) -> None:
     """A planted VCEK whose BasicConstraints is garbage must be a refusal, not a ValueError."""
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
@@ -633,11 +626,11 @@ BAD_OPTIONS = [
 
 
 def _bug(name: str, value: Any, reason: str) -> Any:
-    reason = f"bug: validate.expectations_from_options {reason}"
-    return pytest.param(name, value, name, id=f"{name}={value!r}", marks=pytest.mark.xfail(strict=True, reason=reason))
+    """Bad input that expectations_from_options once let through (fixed; kept as regressions)."""
+    return pytest.param(name, value, name, id=f"{name}={value!r}")
 
 
-# Bad input that expectations_from_options does not refuse the way it should.
+# Bad input that expectations_from_options once did not refuse the way it should.
 BAD_OPTIONS_UNCAUGHT = [
     _bug("min_tcb", {"snp": "x"}, "lets int()'s ValueError escape"),
     _bug("min_tcb", {"snp": None}, "lets int()'s TypeError escape"),

@@ -220,7 +220,11 @@ def vek_extensions(cert: Any, *, field: str = "vek") -> VekExtensions:
 
 def _parse_vek_extensions(cert: Any, field: str) -> VekExtensions:
     raw: dict[str, bytes] = {}
-    for extension in cert.extensions:
+    try:
+        extensions = list(cert.extensions)
+    except (ValueError, TypeError) as exc:  # cryptography parses extensions lazily
+        raise SnpError(f"certificate extensions do not parse: {exc}", field=field) from exc
+    for extension in extensions:
         oid = extension.oid.dotted_string
         if oid.startswith(OID_PREFIX):
             value = extension.value

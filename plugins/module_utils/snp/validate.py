@@ -224,6 +224,39 @@ def expectations_from_options(options: Mapping[str, Any]) -> Expectations:
         except (TypeError, ValueError):
             raise SnpError(f"{value!r} is not an integer", field=f"expect.{name}") from None
 
+    def flags(name: str) -> dict[str, bool]:
+        value = options.get(name) or {}
+        if not isinstance(value, Mapping):
+            raise SnpError(f"must be a mapping of flag names to booleans, got {type(value).__name__}",
+                           field=f"expect.{name}")
+        for key, flag in value.items():
+            if not isinstance(flag, bool):
+                raise SnpError(f"{key} must be true or false, got {flag!r}", field=f"expect.{name}")
+        return dict(value)
+
+    def tcb() -> dict[str, int]:
+        value = options.get("min_tcb") or {}
+        if not isinstance(value, Mapping):
+            raise SnpError(f"must be a mapping of components to integers, got {type(value).__name__}",
+                           field="expect.min_tcb")
+        out = {}
+        for key, number in value.items():
+            if isinstance(number, bool) or not isinstance(number, int | str):
+                raise SnpError(f"{key} must be an integer, got {number!r}", field="expect.min_tcb")
+            try:
+                out[key] = int(number, 0) if isinstance(number, str) else number
+            except ValueError:
+                raise SnpError(f"{key} must be an integer, got {number!r}", field="expect.min_tcb") from None
+        return out
+
+    def signing_keys() -> tuple[str, ...]:
+        value = options.get("signing_keys") or ("VCEK", "VLEK")
+        names = (value,) if isinstance(value, str) else tuple(value)
+        for name in names:
+            if name not in ("VCEK", "VLEK"):
+                raise SnpError(f"unknown signing key type {name!r}; known: VCEK, VLEK", field="expect.signing_keys")
+        return names
+
     measurements = hexes("measurements") + hexes("measurement")
     return Expectations(
         measurements=measurements,
@@ -236,14 +269,14 @@ def expectations_from_options(options: Mapping[str, Any]) -> Expectations:
         min_guest_svn=optional_int("min_guest_svn"),
         vmpl=optional_int("vmpl"),
         allow_debug=bool(options.get("allow_debug", False)),
-        policy=dict(options.get("policy") or {}),
+        policy=flags("policy"),
         min_abi=abi,
-        platform_info=dict(options.get("platform_info") or {}),
-        min_tcb={k: int(v) for k, v in (options.get("min_tcb") or {}).items()},
+        platform_info=flags("platform_info"),
+        min_tcb=tcb(),
         allow_provisional_firmware=bool(options.get("allow_provisional_firmware", False)),
         chip_ids=hexes("chip_ids"),
         min_report_version=optional_int("min_report_version"),
         launch_mit_vector=optional_int("launch_mit_vector"),
         current_mit_vector=optional_int("current_mit_vector"),
-        signing_keys=tuple(options.get("signing_keys") or ("VCEK", "VLEK")),
+        signing_keys=signing_keys(),
     )

@@ -55,11 +55,11 @@ def _report_format(report: AttestationReport, checks: CheckList) -> None:
                  expected="all zero", actual=list(report.reserved_nonzero) or "all zero")
     checks.check("report.signature_algo", report.signature_algo == sev_keys.ALGO_ECDSA_P384_SHA384,
                  "ECDSA P-384 with SHA-384", expected=1, actual=report.signature_algo)
+    key_name = report.signing_key.name if report.signing_key else f"reserved signing key {report.signing_key_raw}"
     checks.check("report.key_info", report.key_info >> 5 == 0 and report.signing_key in
                  (SigningKey.VCEK, SigningKey.VLEK),
                  "signed by a VCEK or a VLEK, reserved key-info bits zero",
-                 expected="VCEK or VLEK", actual=report.signing_key.name if report.signing_key else
-                 f"reserved signing key {report.signing_key_raw} / key_info 0x{report.key_info:x}")
+                 expected="VCEK or VLEK", actual=f"{key_name} (KEY_INFO 0x{report.key_info:x})")
     checks.attempt("report.policy", lambda: "valid: " + ", ".join(
         GuestPolicy.from_int(report.policy, field="report.policy").describe()))
 
