@@ -70,35 +70,39 @@ EXAMPLES = r"""
 RETURN = r"""
 valid:
   description: True when every check passed (the task fails otherwise).
-  returned: always
+  returned: when the guest produced a report
   type: bool
 nonce:
   description: The nonce the controller chose (hex).
-  returned: always
+  returned: when the guest produced a report
   type: str
 report_data:
   description: The REPORT_DATA the report had to carry (hex).
-  returned: always
+  returned: when the guest produced a report
   type: str
 product:
   description: The AMD product.
-  returned: always
+  returned: when the guest produced a report
   type: str
 report:
   description: Every field of the report, decoded.
-  returned: always
+  returned: when the guest produced a report
   type: dict
 checks:
   description: Every check with status, detail, expected and actual.
-  returned: always
+  returned: when the guest produced a report
   type: list
   elements: dict
 check:
-  description: The check that refused the report.
-  returned: failure
+  description: The first check that refused the report.
+  returned: when a check refused the report
+  type: str
+field:
+  description: The option or input that is wrong, when the play's input or the guest's answer could not be used.
+  returned: on bad input or when the guest could not produce a report
   type: str
 source:
   description: Which interface produced the report on the guest.
-  returned: always
+  returned: when the guest produced a report
   type: str
 """

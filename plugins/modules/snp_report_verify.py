@@ -66,26 +66,30 @@ EXAMPLES = r"""
 
 RETURN = r"""
 valid:
-  description: Always true when the module succeeds (a refusal fails the task).
-  returned: success
+  description: True when every check passed; false when a check refused the report (the task then fails).
+  returned: when the report was verified (also on refusal)
   type: bool
 product:
-  description: The AMD product the report comes from.
-  returned: success
+  description: The AMD product the report comes from (null when it could not be decided).
+  returned: when the report was verified (also on refusal)
   type: str
   sample: Milan
 report:
   description: Every field of the report, decoded; TCBs decoded for the product.
-  returned: always
+  returned: when the report was verified (also on refusal)
   type: dict
 checks:
   description: Every check, in order, with its status (pass, fail, skip), detail, and expected and actual values.
-  returned: always
+  returned: when the report was verified (also on refusal)
   type: list
   elements: dict
 check:
-  description: The name of the check that refused the report.
-  returned: failure
+  description: The name of the first check that refused the report.
+  returned: when a check refused the report
+  type: str
+field:
+  description: The option that is wrong, when the input could not be used (nothing was verified).
+  returned: on bad input
   type: str
 """
 
