@@ -107,11 +107,11 @@ def _decide(ctx: ServerContext, req: VerifyRequest, session: Any, report: Attest
             now: int) -> Decision:
     """Every check, in order: session, request shape, report authenticity, then the image's policy."""
     if session is None:
-        return Decision("session.unknown", "no such session (ask /v1/attest/challenge for one)")
+        return Decision("session.unknown", "no such session (ask /v1/attest/challenge for one)", image)
     if session.consumed_at is not None:
-        return Decision("session.replayed", "this session was already used; every nonce is single-use")
+        return Decision("session.replayed", "this session was already used; every nonce is single-use", image)
     if session.expires_at <= now:
-        return Decision("session.expired", f"the nonce expired {(now - session.expires_at) // 1000} s ago")
+        return Decision("session.expired", f"the nonce expired {(now - session.expires_at) // 1000} s ago", image)
     if agent_key is None or len(agent_key) != X25519_KEY_SIZE:
         return Decision("request.agent_public_key", "agent_public_key must be a raw 32-byte X25519 key, base64")
     if report is None:
@@ -165,7 +165,7 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
         ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
         session = conn.execute(select(attest_sessions).where(attest_sessions.c.id == req.session_id)).first()
         image = None
-        if measurement is not None and session is not None:
+        if measurement is not None:
             image = conn.execute(
                 select(images).join(measurements, measurements.c.image_id == images.c.id)
                 .where(measurements.c.measurement == measurement)).first()

@@ -14,11 +14,13 @@ import base64
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -228,14 +230,15 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    root = tmp_path_factory.mktemp("pg")
+    # Not under pytest's 0700 temp root: the postgres user must reach the cluster directory.
+    root = Path(tempfile.mkdtemp(prefix="snpguard-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
     port = free_port()
     prefix: list[str] = []
     if os.geteuid() == 0:
-        os.chmod(root, 0o777)
-        os.chmod(sock, 0o777)
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "snpguard", "--auth=trust",
                     "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
@@ -253,3 +256,4 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         yield Postgres(f"postgresql+psycopg://snpguard@127.0.0.1:{port}/snpguard", stop)
     finally:
         stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,63 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Two server processes on one PostgreSQL: no state in process memory.
+
+Challenge on A and verify on B (and the reverse) must both release; a session
+consumed on one replica must be refused on the other; both must share the ingestion
+key (one KEK file) and see the same images, tokens and audit log.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import Agent, Postgres, ServerProcess, register
+
+
+@pytest.mark.slow
+def test_two_replicas_on_one_postgresql(tmp_path: Path, postgres: Postgres, sim, sim_root: Path) -> None:
+    kek = tmp_path / "shared" / "kek.key"
+    common = ["--db-url", postgres.url, "--kek-file", str(kek), "--simulated-root", str(sim_root), "--offline"]
+    a = ServerProcess(tmp_path / "a", common)
+    a.start()
+    # Replica B: its own data dir, the same database and KEK, and A's TLS material (one CA to pin).
+    shutil.copytree(tmp_path / "a" / "tls", tmp_path / "b" / "tls")
+    b = ServerProcess(tmp_path / "b", common).start()
+    try:
+        assert b.master_password() is None, "the second replica must not make a new master password"
+        token = a.mint_token()
+        with a.client(token) as ca, b.client(token) as cb:
+            assert ca.get("/public/info").json()["ingestion_public_key"] == \
+                cb.get("/public/info").json()["ingestion_public_key"]
+            key = os.urandom(32)
+            measurement = bytes([0x42]) * 48
+            registered = register(ca, "replicated", {"2": measurement.hex()}, key)  # sealed with A's info
+            assert registered.status_code == 201, registered.text
+            assert cb.get(f"/images/{registered.json()['id']}").status_code == 200
+            agent = Agent(sim)
+            for first, second in ((ca, cb), (cb, ca), (ca, cb)):
+                response, opened, body = agent.handshake(first, measurement, verify_client=second)
+                assert response.status_code == 200, response.text
+                assert bytes(opened) == key
+                replay = first.post("/attest/verify", json=body)  # the other replica consumed it
+                assert replay.status_code == 403 and replay.json()["error"]["check"] == "session.replayed"
+            revoked = ca.post("/tokens", json={"name": "temp"}).json()
+            assert cb.delete(f"/tokens/{revoked['id']}").status_code == 200
+            with a.client(revoked["token"]) as stale:
+                assert stale.get("/images").json()["error"]["code"] == "token_revoked"
+            audit_a = ca.get("/audit", params={"image": "replicated"}).json()["items"]
+            audit_b = cb.get("/audit", params={"image": "replicated"}).json()["items"]
+            assert audit_a == audit_b
+            assert [e["result"] for e in audit_a].count("released") == 3
+            assert [e["check"] for e in audit_a].count("session.replayed") == 3
+            assert ca.get(f"/images/{registered.json()['id']}").json()["release_count"] == 3
+            for proc in (a, b):
+                assert proc.proc.poll() is None
+                assert "Traceback" not in proc.log()
+    finally:
+        a.stop()
+        b.stop()
