@@ -120,7 +120,8 @@ class ServerProcess:
 
     def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, verify=self.ca, headers=headers, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, verify=self.ca, headers=headers, **kwargs)
 
     def mint_token(self, name: str = "tests", password: str | None = None, **body: Any) -> str:
         password = password or self.master_password()
