@@ -459,9 +459,22 @@ def test_vcek_report_with_vlek_chain(milan: SimulatedAmdSp, vlek: tuple[Any, Any
     _shows(error, "SEV-Milan", "SEV-VLEK-Milan")
 
 
+# Reserved (MBZ) bytes per version, inclusive, as the reference (§1, §1.3) lists them.
+RESERVED = {
+    2: [(0x04C, 0x04F), (0x188, 0x19F), (0x1EB, 0x1EB), (0x1EF, 0x1EF), (0x1F8, 0x29F), (0x330, 0x49F)],
+    3: [(0x04C, 0x04F), (0x18B, 0x19F), (0x1EB, 0x1EB), (0x1EF, 0x1EF), (0x1F8, 0x29F), (0x330, 0x49F)],
+    5: [(0x04C, 0x04F), (0x18B, 0x19F), (0x1EB, 0x1EB), (0x1EF, 0x1EF), (0x208, 0x29F), (0x330, 0x49F)],
+}
+
+
 def _reserved_cases() -> list[tuple[int, int]]:
-    return [(version, offset) for version in (2, 3, 5) for start, end in reserved_ranges(version)
-            for offset in sorted({start, end - 1})]
+    return [(version, offset) for version, ranges in RESERVED.items() for start, last in ranges
+            for offset in sorted({start, last})]
+
+
+def test_reserved_ranges_as_the_reference_lists() -> None:
+    for version, ranges in RESERVED.items():
+        assert [(start, end - 1) for start, end in reserved_ranges(version)] == ranges
 
 
 @pytest.mark.parametrize(("version", "offset"), _reserved_cases())
