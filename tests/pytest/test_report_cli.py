@@ -365,9 +365,6 @@ def test_certs_fetch_network_trap_is_live(reports: dict[str, dict[str, Any]], ve
                                   "https://kdsintf.amd.com/vcek/v1/Milan/crl")
 
 
-@pytest.mark.xfail(strict=True, reason="snp/verify.py reads cert.serial_number of AMD's serial-0 VCEK outside "
-                                       "load_certificate's warning filter, so CryptographyDeprecationWarning "
-                                       "reaches stderr (reported; remove this mark when fixed)")
 def test_verify_with_crl_keeps_stderr_clean(reports: dict[str, dict[str, Any]], vectors: Path,
                                             tmp_path: Path) -> None:
     proc = snpguard("report", "verify", *files_args(reports[MILAN_V3]), "--crl",

@@ -57,7 +57,7 @@ def load_certificate(data: bytes, *, field: str, path: str | None = None) -> Any
             if data.lstrip().startswith(b"-----BEGIN"):
                 return x509.load_pem_x509_certificate(data)
             return x509.load_der_x509_certificate(data)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
             raise SnpError(f"not an X.509 certificate: {exc}", field=field, path=path) from exc
 
 
@@ -70,7 +70,7 @@ def load_certificates(data: bytes, *, field: str, path: str | None = None) -> li
         warnings.simplefilter("ignore")
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
             raise SnpError(f"not a PEM certificate bundle: {exc}", field=field, path=path) from exc
     return certs
 
@@ -81,8 +81,42 @@ def load_crl(data: bytes, *, field: str = "crl", path: str | None = None) -> Any
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
         raise SnpError(f"not an X.509 CRL: {exc}", field=field, path=path) from exc
+
+
+def serial_number(cert: Any) -> int:
+    """The serial, read without cryptography's warning about AMD's VCEK serial 0 (pitfall P10)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(cert.serial_number)
+
+
+# Identities of certificates and CRLs whose lazily parsed fields all decoded.
+_PARSED: dict[bytes, bool] = {}
+
+
+def ensure_parses(obj: Any, *, field: str) -> None:
+    """Decode every field verification reads, so a malformed one is an ``SnpError`` here, not a crash later.
+
+    cryptography parses names, keys, extensions and revocation entries lazily, on
+    first access; a planted certificate could otherwise fail deep inside a check.
+    """
+    try:
+        key = identity(obj)
+        if key in _PARSED:
+            return
+        _ = (obj.issuer, obj.signature_algorithm_oid, obj.signature_hash_algorithm, obj.signature)
+        if hasattr(obj, "tbs_certlist_bytes"):
+            _ = (obj.tbs_certlist_bytes, obj.last_update_utc, obj.next_update_utc, [r.serial_number for r in obj])
+        else:
+            _ = (obj.subject, obj.tbs_certificate_bytes, obj.public_key(), serial_number(obj),
+                 obj.not_valid_before_utc, obj.not_valid_after_utc, list(obj.extensions))
+    except Exception as exc:  # any decoding error of a lazily parsed field
+        raise SnpError(f"does not parse: {exc}", field=field) from exc
+    if len(_PARSED) >= _VERIFIED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = True
 
 
 def fingerprint(cert: Any) -> str:

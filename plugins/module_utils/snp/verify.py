@@ -18,8 +18,10 @@ from .amd_certs import (
     PINNED_ARK_SHA256,
     check_validity,
     common_name,
+    ensure_parses,
     fingerprint,
     identity,
+    serial_number,
     utcnow,
     vek_extensions,
     verify_amd_signature,
@@ -193,9 +195,10 @@ def _static_chain(product: Product, vlek: bool, ark: Any, ask: Any, vek: Any, cr
                  expected=common_name(ark.subject), actual=common_name(crl.issuer))
     checks.attempt("crl.signature", lambda: verify_amd_signature(crl, ark, field="crl"))
     for name, cert in (("ask", ask), ("vek", vek)):
-        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        serial = serial_number(cert)
+        revoked = crl.get_revoked_certificate_by_serial_number(serial)
         checks.check(f"crl.{name}_not_revoked", revoked is None, f"{name.upper()} serial not revoked",
-                     expected="not revoked", actual=f"revoked serial 0x{cert.serial_number:x}"
+                     expected="not revoked", actual=f"revoked serial 0x{serial:x}"
                      if revoked is not None else "not revoked")
 
 
@@ -228,6 +231,15 @@ def verify_report(report: AttestationReport, collateral: Collateral, trust: Trus
                   expected_product: Product | None = None) -> Product | None:
     """Run every authenticity check into ``checks``; return the product when it could be decided."""
     _report_format(report, checks)
+    for name in ("vek", "ask", "ark", "crl"):
+        item = getattr(collateral, name)
+        if item is not None:
+            try:
+                ensure_parses(item, field=name)
+            except SnpError as exc:
+                checks.failed("certs.parse", f"{name.upper()} {exc.message}")
+                checks.skipped("report.signature", "the certificates do not parse")
+                return None
     product = _product(report, collateral, checks, expected_product)
     if product is None:
         checks.skipped("report.signature", "product unknown")

@@ -101,15 +101,11 @@ def _with_version(der: bytes, marker: bytes) -> bytes:
     return der[:index] + b"\x25" + der[index + 1:]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: amd_certs.load_certificate catches ValueError/TypeError only; "
-                   "cryptography's x509.InvalidVersion escapes")
 def test_certificate_with_invalid_version() -> None:
     der = _cert({}).public_bytes(DER)
     _only_snp_error(load_certificate, _with_version(der, b"\xa0\x03\x02\x01\x02"), field="vek")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: amd_certs.load_crl catches ValueError/TypeError only; "
-                   "cryptography's x509.InvalidVersion escapes")
 def test_crl_with_invalid_version(sim: SimulatedAmdSp) -> None:
     der = sim.crl().public_bytes(DER)
     _only_snp_error(load_crl, _with_version(der, b"\x02\x01\x01"))
@@ -189,13 +185,7 @@ def _attest_with(sim: SimulatedAmdSp, role: str, data: bytes) -> None:
     assert all(r.status in ("pass", "fail", "skip") for r in result.results)
 
 
-MUTATED_BUG = pytest.mark.xfail(strict=True, reason="bug: verify.py/amd_certs.py read lazily parsed certificate "
-                                "fields (subject, issuer, public_key(), signature_hash_algorithm) outside any "
-                                "SnpError guard; cryptography's ValueError/UnsupportedAlgorithm escape attest()")
-
-
-@pytest.mark.parametrize("role", [pytest.param("vek", marks=MUTATED_BUG), pytest.param("ask", marks=MUTATED_BUG),
-                                  pytest.param("crl", marks=MUTATED_BUG)])
+@pytest.mark.parametrize("role", ["vek", "ask", "crl"])
 @FUZZ
 @given(changes=CHANGES)
 def test_mutated_collateral_through_attest(sim: SimulatedAmdSp, role: str, changes: list[tuple[int, int]]) -> None:
