@@ -58,11 +58,11 @@ def main() -> int:
     args = parser.parse_args()
 
     _import_collection()
-    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig, measure
-    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
     from sevsnpmeasure import guest
     from sevsnpmeasure.sev_mode import SevMode
-    from sevsnpmeasure.vmm_types import VMMType
+
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig, measure
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
 
     ovmf = str(args.artifacts / "OVMF.amdsev.fd")
     kernel = str(args.artifacts / "vmlinuz")
@@ -83,13 +83,13 @@ def main() -> int:
             print("digests differ: the benchmark compares nothing", file=sys.stderr)
             return 1
         times: dict[str, list[float]] = {"snpguard": [], "sev-snp-measure": []}
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             for name, func in (("sev-snp-measure", theirs), ("snpguard", ours)):
                 start = time.perf_counter()
                 func()
                 times[name].append(time.perf_counter() - start)
-        sizes = {name: os.path.getsize(path) for name, path in (("ovmf", ovmf), ("kernel", kernel),
-                                                                  ("initrd", initrd))}
+        paths = {"ovmf": ovmf, "kernel": kernel, "initrd": initrd}
+        sizes = {name: os.path.getsize(path) for name, path in paths.items()}
     print(f"inputs: OVMF {sizes['ovmf'] >> 10} KiB, kernel {sizes['kernel'] >> 10} KiB, "
           f"initrd {sizes['initrd'] >> 20} MiB, {args.vcpus} vCPUs, {args.rounds} alternating rounds")
     medians = {name: statistics.median(values) for name, values in times.items()}

@@ -148,4 +148,3 @@ def _diff(args: argparse.Namespace) -> int:
     text, differ = render_diff(docs[0], docs[1])
     print(text)
     return 1 if differ else 0
-

@@ -40,7 +40,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGSPEC)
+        args = self.validate_argument_spec(argument_spec=ARGSPEC)[1]
         try:
             public_key = bytes.fromhex(args["bind_public_key"]) if args.get("bind_public_key") else b""
         except ValueError as exc:

@@ -32,9 +32,8 @@ def parse_int(value: Any, field: str) -> int | None:
 
 
 def parse_hex(value: str | None, field: str, size: int) -> bytes | None:
-    if value in (None, ""):
+    if value is None or value == "":
         return None
-    assert value is not None
     text = value.strip().lower().removeprefix("0x")
     try:
         raw = bytes.fromhex(text)

@@ -50,7 +50,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.=&-]")
 def cache_path(cache_dir: str, url: str) -> str:
     """``<cache>/<path after /vcek/v1/>`` with the query folded into the file name."""
     tail = url.split("://", 1)[-1].split("/", 1)[-1]
-    path, _, query = tail.partition("?")
+    path, _sep, query = tail.partition("?")
     name = path.replace("/", os.sep) + (("@" + _SAFE.sub("_", query)) if query else "")
     return os.path.join(cache_dir, name)
 

@@ -136,6 +136,13 @@ class Measurement:
         return out
 
 
+def _required(value: str | None, field_name: str) -> str:
+    """A path the validated config must have; a missing one is an error naming the option."""
+    if value is None:
+        raise MeasurementError("is required", field=field_name)
+    return value
+
+
 def _read(path: str, field_name: str) -> bytes:
     try:
         with open(path, "rb") as handle:
@@ -187,8 +194,8 @@ def _load_firmware(config: LaunchConfig) -> tuple[FirmwareImage, bytes | None]:
     if config.ovmf_metadata is not None:
         text = _read(config.ovmf_metadata, "ovmf_metadata").decode("utf-8", "replace")
         return parse_metadata_wrapper(text, config.ovmf_metadata)
-    assert config.ovmf is not None
-    return parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf), None
+    ovmf = _required(config.ovmf, "ovmf")
+    return parse_firmware(_read(ovmf, "ovmf"), ovmf), None
 
 
 def _describe_common(config: LaunchConfig, firmware: FirmwareImage) -> dict[str, object]:
@@ -292,7 +299,6 @@ def _measure_snp(config: LaunchConfig) -> Measurement:
     finally:
         hasher.close()
     _measure_sections(ld, firmware, hashes, config.vmm)
-    assert config.vcpu_sig is not None or config.vmm is not VmmType.QEMU
     sig = config.vcpu_sig or 0
     bsp = vcpu_state(BSP_EIP, config.guest_features, sig, config.vmm, config.ec2_vmsa, config.kvm_init).page()
     ap = vcpu_state(firmware.sev_es_reset_eip, config.guest_features, sig, config.vmm, config.ec2_vmsa,
@@ -308,19 +314,19 @@ def _measure_snp(config: LaunchConfig) -> Measurement:
 
 
 def _measure_svsm(config: LaunchConfig) -> Measurement:
-    assert config.ovmf is not None and config.svsm is not None
-    ovmf = parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf)
-    svsm = parse_firmware(_read(config.svsm, "svsm"), config.svsm, end_gpa=ovmf.gpa - config.vars_size, field="svsm")
+    ovmf_path, svsm_path = _required(config.ovmf, "ovmf"), _required(config.svsm, "svsm")
+    ovmf = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
+    svsm = parse_firmware(_read(svsm_path, "svsm"), svsm_path, end_gpa=ovmf.gpa - config.vars_size, field="svsm")
     ld = LaunchDigest()
-    ld.normal_pages(f"firmware {os.path.basename(config.ovmf)}", ovmf.gpa, ovmf.data)
-    ld.normal_pages(f"SVSM {os.path.basename(config.svsm)}", svsm.gpa, svsm.data)
+    ld.normal_pages(f"firmware {os.path.basename(ovmf_path)}", ovmf.gpa, ovmf.data)
+    ld.normal_pages(f"SVSM {os.path.basename(svsm_path)}", svsm.gpa, svsm.data)
     _measure_sections(ld, svsm, None, VmmType.QEMU)
-    assert config.vcpu_sig is not None
-    page = svsm_state(svsm.svsm_entry_offset + svsm.gpa, config.vcpu_sig).page()
-    digests = _vmsa_chain(ld, config.vcpus, page, page, {"guest_features": "0x1", "rdx": f"0x{config.vcpu_sig:x}"})
+    sig = config.vcpu_sig or 0
+    page = svsm_state(svsm.svsm_entry_offset + svsm.gpa, sig).page()
+    digests = _vmsa_chain(ld, config.vcpus, page, page, {"guest_features": "0x1", "rdx": f"0x{sig:x}"})
     pages = [page] * max(config.vcpus)
     inputs = _describe_common(config, ovmf)
-    inputs["svsm"] = {"path": config.svsm, "size": svsm.size, "sha384": hashlib.sha384(svsm.data).hexdigest()}
+    inputs["svsm"] = {"path": svsm_path, "size": svsm.size, "sha384": hashlib.sha384(svsm.data).hexdigest()}
     inputs["vars_size"] = config.vars_size
     return Measurement(config, digests, inputs, ld.steps, vmsa_pages=pages)
 
@@ -329,8 +335,8 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
     """SEV and SEV-ES: SHA-256 over firmware, padded hashes table, and (SEV-ES) the VMSAs."""
     hasher = _Hasher(config)
     try:
-        assert config.ovmf is not None
-        firmware = parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf)
+        ovmf_path = _required(config.ovmf, "ovmf")
+        firmware = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
         if config.kernel is not None and not firmware.has_hash_table:
             raise MeasurementError(
                 "a kernel is given, but the firmware cannot measure kernel/initrd/cmdline (no SEV hash table)",
@@ -339,7 +345,7 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
         hashes, described = hasher.result(config)
     finally:
         hasher.close()
-    steps = [Step(f"firmware {os.path.basename(config.ovmf)}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
+    steps = [Step(f"firmware {os.path.basename(ovmf_path)}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
                   digest.digest(), {"hash": "sha256"})]
     if hashes is not None:
         digest.update(hashes.table())
@@ -378,8 +384,8 @@ def measure(config: LaunchConfig) -> Measurement:
     if config.mode is Mode.SNP_SVSM:
         return _measure_svsm(config)
     if config.mode is Mode.SNP_OVMF_HASH:
-        assert config.ovmf is not None
-        firmware = parse_firmware(_read(config.ovmf, "ovmf"), config.ovmf)
+        ovmf_path = _required(config.ovmf, "ovmf")
+        firmware = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
         ld = LaunchDigest()
         ld.normal_pages(f"firmware {os.path.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
         inputs = _describe_common(config, firmware)

@@ -117,9 +117,8 @@ def diff_launches(left: dict[str, object], right: dict[str, object]) -> list[Dif
     for name, doc in (("a", left), ("b", right)):
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
             raise SnpError("not a 'snpguard measure --json' document (no 'inputs' object)", field=name)
-    a_inputs = left["inputs"]
-    b_inputs = right["inputs"]
-    assert isinstance(a_inputs, dict) and isinstance(b_inputs, dict)
+    a_inputs: dict[str, object] = left["inputs"]  # type: ignore[assignment]  # checked just above
+    b_inputs: dict[str, object] = right["inputs"]  # type: ignore[assignment]
     found = []
     for key, why in _WHY.items():
         a_value, b_value = _lookup(a_inputs, key), _lookup(b_inputs, key)

@@ -216,8 +216,8 @@ class SimulatedAmdSp:
     # -- reports ---------------------------------------------------------------------------
     def encode_report(self, fields: ReportFields, *, signing_key: int = 0) -> bytearray:
         """The 0x4A0-byte report with an all-zero signature (the caller may tamper before signing)."""
-        tcbs = {name: getattr(fields, f"{name}_tcb") or self.tcb for name in ("current", "reported", "committed",
-                                                                                 "launch")}
+        names = ("current", "reported", "committed", "launch")
+        tcbs = {name: getattr(fields, f"{name}_tcb") or self.tcb for name in names}
         chip_id = self.chip_id if fields.chip_id is None else fields.chip_id
         data = bytearray(REPORT_SIZE)
         key_info = int(fields.author_key_en) | (signing_key << 2)
