@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, tls: TlsFiles | None = None, ctx: ServerCo
                     "(protocol v1: challenge, then verify a report bound to the nonce and the agent's X25519 key; "
                     "the key comes back HPKE-sealed). Admin endpoints need 'Authorization: Bearer <API token>'.",
         openapi_url=OPENAPI_URL, docs_url=None, redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationId = handler name, e.g. register_image
     )
     app.state.ctx = ctx
     errors.install(app)
