@@ -521,8 +521,9 @@ def test_vcek_with_malformed_extension_refused_not_crashing(milan: SimulatedAmdS
            .add_extension(x509.UnrecognizedExtension(x509.oid.ExtensionOID.BASIC_CONSTRAINTS, b"\xff\x00"),
                           critical=False)
            .sign(milan._ask_key, hashes.SHA384(), rsa_padding=pss))
-    with pytest.raises(VerificationError):
-        attest(milan.report(), _collateral(milan, vek=vek), _trust(milan))
+    error = _refused(milan, milan.report(), "certs.parse", collateral=_collateral(milan, vek=vek))
+    assert str(error).startswith("check certs.parse failed: VEK ")
+    assert {r.name: r.status for r in error.results}["report.signature"] == "skip"
 
 
 # -- positives -------------------------------------------------------------------------------
