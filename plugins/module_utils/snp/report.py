@@ -11,10 +11,12 @@ layout depends on it.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError
+from .policy import GuestPolicy
 from .tcb import Product, TcbVersion, product_from_cpuid
 
 REPORT_SIZE = 0x4A0
@@ -99,6 +101,11 @@ class AttestationReport:
     signature_s: int
     reserved_nonzero: tuple[str, ...] = field(default=())
 
+    @functools.cached_property
+    def guest_policy(self) -> GuestPolicy:
+        """POLICY decoded strictly; raises ``SnpError`` (field ``report.policy``) when invalid."""
+        return GuestPolicy.from_int(self.policy, field="report.policy")
+
     # -- key info ------------------------------------------------------------
     @property
     def author_key_en(self) -> bool:
@@ -143,7 +150,7 @@ class AttestationReport:
         """Decode one of current / reported / committed / launch for ``product``."""
         raw = {"current": self.current_tcb_raw, "reported": self.reported_tcb_raw,
                "committed": self.committed_tcb_raw, "launch": self.launch_tcb_raw}[name]
-        return TcbVersion.decode(raw, product)
+        return _decode_tcb(raw, product)
 
     def as_dict(self, product: Product | None = None) -> dict[str, object]:
         """Every field, hex for bytes; TCBs decoded when the product is known."""
@@ -186,6 +193,8 @@ class AttestationReport:
             out["product"] = product.value
         return out
 
+
+_decode_tcb = functools.lru_cache(maxsize=1024)(TcbVersion.decode)
 
 _HEAD = struct.Struct("<IIQ16s16sIIQQI4x64s48s32s48s48s32s32sQ")
 

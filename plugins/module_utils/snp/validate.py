@@ -15,7 +15,6 @@ from typing import Any
 
 from .checks import CheckList
 from .errors import SnpError
-from .policy import GuestPolicy
 from .report import PLATFORM_INFO_BITS, AttestationReport, decode_platform_info
 from .tcb import COMPONENTS, Product, TcbVersion
 
@@ -126,7 +125,7 @@ def validate_report(report: AttestationReport, product: Product | None, expect: 
 
 def _policy(report: AttestationReport, expect: Expectations, checks: CheckList) -> None:
     try:
-        policy = GuestPolicy.from_int(report.policy, field="report.policy")
+        policy = report.guest_policy
     except SnpError as exc:
         checks.failed("policy", exc.message, actual=f"0x{report.policy:x}")
         return

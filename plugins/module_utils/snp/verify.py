@@ -28,7 +28,6 @@ from .amd_certs import (
 )
 from .checks import CheckList, CheckResult
 from .errors import SnpError
-from .policy import GuestPolicy
 from .report import AttestationReport, SigningKey
 from .tcb import Product, TcbVersion
 
@@ -62,8 +61,38 @@ def _report_format(report: AttestationReport, checks: CheckList) -> None:
                  (SigningKey.VCEK, SigningKey.VLEK),
                  "signed by a VCEK or a VLEK, reserved key-info bits zero",
                  expected="VCEK or VLEK", actual=f"{key_name} (KEY_INFO 0x{report.key_info:x})")
-    checks.attempt("report.policy", lambda: "valid: " + ", ".join(
-        GuestPolicy.from_int(report.policy, field="report.policy").describe()))
+    checks.attempt("report.policy", lambda: report.guest_policy and f"valid policy 0x{report.policy:x}")
+
+
+# Products named by certificates, keyed by their identities (a pure function of the certificates).
+_CERT_PRODUCTS: dict[tuple[bytes | None, ...], dict[str, Product]] = {}
+
+
+def _certificate_products(collateral: Collateral) -> dict[str, Product]:
+    """What the ASK and ARK subjects and the VEK productName say; raises ``SnpError`` if unknown."""
+    key = tuple(identity(c) if c is not None else None for c in (collateral.ask, collateral.ark, collateral.vek))
+    cached = _CERT_PRODUCTS.get(key)
+    if cached is not None:
+        return cached
+    sources: dict[str, Product] = {}
+    for name, cert in (("ASK", collateral.ask), ("ARK", collateral.ark)):
+        if cert is not None:
+            cn = common_name(cert.subject)
+            try:
+                sources[f"{name} {cn}"] = Product.parse(cn.rsplit("-", 1)[-1])
+            except SnpError:
+                raise SnpError(f"{name} subject {cn!r} names no known product", field="product") from None
+    if collateral.vek is not None:
+        line = vek_extensions(collateral.vek).product_line
+        if line:
+            try:
+                sources[f"VEK productName {line}"] = Product.parse(line)
+            except SnpError:
+                raise SnpError(f"VEK productName {line!r} is unknown", field="product") from None
+    if len(_CERT_PRODUCTS) >= _STATIC_MAX:
+        _CERT_PRODUCTS.clear()
+    _CERT_PRODUCTS[key] = sources
+    return sources
 
 
 def _product(report: AttestationReport, collateral: Collateral, checks: CheckList,
@@ -78,27 +107,11 @@ def _product(report: AttestationReport, collateral: Collateral, checks: CheckLis
                       expected="Milan, Genoa or Turin", actual=f"family 0x{report.cpuid_family:x} "
                       f"model 0x{report.cpuid_model:x}")
         return None
-    for name, cert in (("ASK", collateral.ask), ("ARK", collateral.ark)):
-        if cert is not None:
-            cn = common_name(cert.subject)
-            line = cn.rsplit("-", 1)[-1]
-            try:
-                sources[f"{name} {cn}"] = Product.parse(line)
-            except SnpError:
-                checks.failed("product", f"{name} subject {cn!r} names no known product")
-                return None
-    if collateral.vek is not None:
-        try:
-            line = vek_extensions(collateral.vek).product_line
-        except SnpError as exc:
-            checks.failed("product", exc.message)
-            return None
-        if line:
-            try:
-                sources[f"VEK productName {line}"] = Product.parse(line)
-            except SnpError:
-                checks.failed("product", f"VEK productName {line!r} is unknown")
-                return None
+    try:
+        sources.update(_certificate_products(collateral))
+    except SnpError as exc:
+        checks.failed("product", exc.message)
+        return None
     products = set(sources.values())
     if not products:
         checks.failed("product", "cannot tell the product: no CPUID in the report and no certificates")
