@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Time per SNP launch measurement: snpguard vs the sev-snp-measure library, same inputs, same run.

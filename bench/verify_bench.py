@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Verifications per second: attest() on real reports vs the bare ECDSA P-384 verify, same run.
@@ -88,11 +87,11 @@ def main() -> int:
     algorithm = ec.ECDSA(hashes.SHA384())
 
     def ours() -> None:
-        for report, collateral, trust, expect, product, *_ in cases:
+        for report, collateral, trust, expect, product, *_ecdsa_inputs in cases:
             attest(report, collateral, trust, expect, expected_product=product)
 
     def raw() -> None:
-        for *_, public_key, message, signature in cases:
+        for *_attest_inputs, public_key, message, signature in cases:
             public_key.verify(signature, message, algorithm)
 
     ours()  # warm the certificate cache (and prove every report verifies)
@@ -104,7 +103,7 @@ def main() -> int:
         order = list(funcs) if index % 2 == 0 else list(reversed(funcs))
         for name in order:
             start = time.perf_counter()
-            for _ in range(args.passes):
+            for _pass in range(args.passes):
                 funcs[name]()
             rates[name].append(per_batch / (time.perf_counter() - start))
     print(f"inputs: {len(cases)} real reports (cryptography {cryptography.__version__}), {args.rounds} alternating "

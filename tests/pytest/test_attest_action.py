@@ -85,7 +85,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         dirs[name] = str(directory)
     root = dirs["good"] + "/ark.pem"
     key = x25519.X25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
-                                                                          serialization.PublicFormat.Raw)
+                                                                       serialization.PublicFormat.Raw)
     expect = {"measurements": [MEASUREMENT], "host_data": HOST_DATA, "offline": True}
     ok = dict(expect, guest_simulated_amdsp=dirs["good"], simulated_root=root)
     tasks = [

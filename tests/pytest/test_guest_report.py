@@ -214,8 +214,8 @@ def test_configfs_cannot_create_an_entry(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("data", "vmpl", "field"), [(bytes(63), 0, "report_data"), (bytes(65), 0, "report_data"),
-                                                      (b"", 0, "report_data"), (bytes(64), 4, "vmpl"),
-                                                      (bytes(64), -1, "vmpl")])
+                                                     (b"", 0, "report_data"), (bytes(64), 4, "vmpl"),
+                                                     (bytes(64), -1, "vmpl")])
 def test_bad_requests_are_refused_before_touching_anything(tsm: FakeTsm, data: bytes, vmpl: int, field: str) -> None:
     for call in (lambda: via_configfs(data, vmpl, str(tsm.root)),
                  lambda: via_sev_guest(data, vmpl, str(tsm.root / "no-device")),
@@ -356,7 +356,7 @@ def test_sev_guest_plain_report_when_no_certificates_wanted(
     ],
 )
 def test_sev_guest_failures_name_the_device(monkeypatch: pytest.MonkeyPatch, device: Path, a_report: bytes,
-                                             driver: dict[str, int], needle: str) -> None:
+                                            driver: dict[str, int], needle: str) -> None:
     _fake_driver(monkeypatch, FakeSevGuestDriver(a_report, CERTS, **driver))
     fds = _open_fds()
     with pytest.raises(SnpError, match=needle) as info:

@@ -84,7 +84,7 @@ def args(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_adhoc_create_then_idempotent(tmp_path: Path, args: dict[str, Any]) -> None:
-    status, result, _ = run_adhoc(tmp_path, args)
+    status, result, _stdout = run_adhoc(tmp_path, args)
     assert status == "CHANGED" and result["changed"] is True
     for key in ("keys-id.pem", "keys-author.pem"):
         assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
@@ -100,7 +100,7 @@ def test_adhoc_create_then_idempotent(tmp_path: Path, args: dict[str, Any]) -> N
     assert result["id_key_digest"] == auth.id_key_digest.hex()
     assert block.family_id == b"\x0a" * 16 and block.guest_svn == 1
 
-    status, again, _ = run_adhoc(tmp_path, args)
+    status, again, _stdout = run_adhoc(tmp_path, args)
     assert status == "SUCCESS" and again["changed"] is False
     assert again["id_auth"] == result["id_auth"]
 
@@ -119,12 +119,12 @@ def test_adhoc_check_mode_and_diff(tmp_path: Path, args: dict[str, Any]) -> None
     assert f'-    "ld": "{LD1}"' in stdout and f'+    "ld": "{LD2}"' in stdout
     assert '"id_key_digest"' in stdout and "PRIVATE KEY" not in stdout
     assert IdBlock.from_bytes(base64.b64decode((tmp_path / "out" / "id_block.b64").read_text())).ld.hex() == LD2
-    status, result, _ = run_adhoc(tmp_path, dict(args, measurement=LD2), "--check")
+    status, result, _stdout = run_adhoc(tmp_path, dict(args, measurement=LD2), "--check")
     assert status == "SUCCESS" and result["changed"] is False
 
 
 def test_adhoc_check_mode_creates_no_keys(tmp_path: Path, args: dict[str, Any]) -> None:
-    status, result, _ = run_adhoc(tmp_path, args, "--check")
+    status, result, _stdout = run_adhoc(tmp_path, args, "--check")
     assert status == "CHANGED"
     assert not (tmp_path / "keys-id.pem").exists() and list((tmp_path / "out").iterdir()) == []
     assert sorted(result["keys_created"]) == sorted([args["id_key"], args["author_key"]])
@@ -143,7 +143,7 @@ def test_adhoc_check_mode_creates_no_keys(tmp_path: Path, args: dict[str, Any]) 
 def test_adhoc_failure_names_the_field(
     tmp_path: Path, args: dict[str, Any], overrides: dict[str, Any], field: str, needle: str
 ) -> None:
-    status, result, _ = run_adhoc(tmp_path, dict(args, **overrides))
+    status, result, _stdout = run_adhoc(tmp_path, dict(args, **overrides))
     assert status == "FAILED"
     assert result["field"] == field
     assert result["msg"].startswith(field) and needle in result["msg"]

@@ -85,7 +85,7 @@ def turin() -> SimulatedAmdSp:
 def others(milan: SimulatedAmdSp) -> list[SimulatedAmdSp]:
     """Three more Milan chains for the same chip: distinguishable stand-ins for each source."""
     return [SimulatedAmdSp.create(Product.MILAN, chip_id=milan.chip_id, tcb=milan.tcb, rsa_bits=1024)
-            for _ in range(3)]
+            for _index in range(3)]
 
 
 # -- KdsClient -----------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_cert_chain_pem_in_certs_dir(milan: SimulatedAmdSp, tmp_path: Path, vlek
 
 
 def test_vlek_report_without_a_vlek(milan: SimulatedAmdSp, tmp_path: Path) -> None:
-    _, _, key = milan.vlek_chain()
+    _asvk, _vlek, key = milan.vlek_chain()
     report = parse_report(milan.sign(milan.encode_report(ReportFields(), signing_key=1), key))
     _write_dir(tmp_path, milan)  # a VCEK is there, but a VLEK report needs a VLEK
     fetch = FakeKds(_served(milan))

@@ -51,7 +51,7 @@ def entry(argv: list[str], cwd: Path | None = None, **kwargs) -> subprocess.Comp
     """The real entry point: python -m ansible_collections.snpguard.cvm.cli."""
     env = dict(os.environ, PYTHONPATH=str(DEVROOT))
     return subprocess.run([sys.executable, "-m", "ansible_collections.snpguard.cvm.cli", *argv], env=env,
-                          capture_output=True, cwd=cwd, timeout=120, **kwargs)
+                          capture_output=True, cwd=cwd, timeout=120, check=False, **kwargs)
 
 
 def snp_args(fx: Path, payload: dict[str, Path], *extra: str, append: str = "console=ttyS0 ro") -> list[str]:
@@ -72,7 +72,7 @@ def test_real_entry_point(fx: Path, payload, capsys) -> None:
     argv = ["measure", *snp_args(fx, payload, "--vcpus", "2")]
     proc = entry(argv)
     assert proc.returncode == 0, proc.stderr
-    code, out, _ = run(argv[1:], capsys)
+    code, out, _err = run(argv[1:], capsys)
     assert code == 0 and proc.stdout.decode() == out
     assert len(out.strip()) == 96 and int(out, 16) >= 0
 
@@ -91,7 +91,7 @@ def test_json_document(fx: Path, payload, capsys) -> None:
     assert inputs["ovmf"]["path"] == str(ovmf)
     assert inputs["ovmf"]["size"] == ovmf.stat().st_size
     assert inputs["ovmf"]["sha384"] == hashlib.sha384(ovmf.read_bytes()).hexdigest()
-    code, ovmf_hash, _ = run(["--mode", "snp:ovmf-hash", "--ovmf", str(ovmf)], capsys)
+    code, ovmf_hash, _err = run(["--mode", "snp:ovmf-hash", "--ovmf", str(ovmf)], capsys)
     assert code == 0 and inputs["ovmf"]["launch_digest"] == ovmf_hash.strip()
     assert [s["type"] for s in inputs["ovmf"]["sections"]] == [
         "SNP_SEC_MEM", "SNP_SEC_MEM", "SNP_SECRETS", "CPUID", "SVSM_CAA", "SNP_KERNEL_HASHES", "SNP_SEC_MEM"]
@@ -100,7 +100,7 @@ def test_json_document(fx: Path, payload, capsys) -> None:
     assert inputs["vcpus"] == [1, 3] and inputs["vcpu_type"] == "EPYC-v4" and inputs["vcpu_sig"] == "0x800f12"
     assert inputs["mode"] == "snp" and inputs["vmm_type"] == "QEMU" and inputs["guest_features"] == "0x1"
     # The plain output agrees with the JSON.
-    code, out, _ = run(snp_args(fx, payload, "--vcpus", "3"), capsys)
+    code, out, _err = run(snp_args(fx, payload, "--vcpus", "3"), capsys)
     assert out.strip() == doc["measurements"]["3"]
 
 
@@ -122,7 +122,7 @@ def test_explain_text(fx: Path, payload, capsys) -> None:
         assert hashlib.sha256(payload[name].read_bytes()).hexdigest() in out
     assert hashlib.sha256(b"console=ttyS0 ro\x00").hexdigest() in out
     assert "VMSA vCPU 0 (BSP)" in out and "VMSA vCPUs 1..3 (APs)" in out
-    code, plain, _ = run(snp_args(fx, payload, "--vcpus", "4"), capsys)
+    code, plain, _err = run(snp_args(fx, payload, "--vcpus", "4"), capsys)
     assert f"measurement (4 vCPUs): {plain.strip()}" in out
 
 
@@ -132,17 +132,17 @@ def test_vcpu_list_prints_one_line_each(fx: Path, payload, capsys) -> None:
     lines = out.splitlines()
     assert len(lines) == 3
     for line, count in zip(lines, (1, 2, 4), strict=True):
-        _, single, _ = run(snp_args(fx, payload, "--vcpus", str(count)), capsys)
+        _code, single, _err = run(snp_args(fx, payload, "--vcpus", str(count)), capsys)
         assert line == f"vcpus={count} {single.strip()}"
 
 
 def test_output_formats(fx: Path, payload, capsys) -> None:
     import base64
 
-    _, hex_out, _ = run(snp_args(fx, payload, "--vcpus", "1"), capsys)
-    _, b64_out, _ = run(snp_args(fx, payload, "--vcpus", "1", "--output-format", "base64"), capsys)
+    _code, hex_out, _err = run(snp_args(fx, payload, "--vcpus", "1"), capsys)
+    _code, b64_out, _err = run(snp_args(fx, payload, "--vcpus", "1", "--output-format", "base64"), capsys)
     assert base64.b64decode(b64_out.strip()).hex() == hex_out.strip()
-    _, verbose, _ = run(snp_args(fx, payload, "--vcpus", "1", "-v"), capsys)
+    _code, verbose, _err = run(snp_args(fx, payload, "--vcpus", "1", "-v"), capsys)
     assert verbose == f"Calculated SEV_SNP guest measurement: {hex_out.strip()}\n"
 
 
@@ -158,28 +158,28 @@ def test_diff(fx: Path, payload, tmp_path: Path, capsys) -> None:
     base = json_doc(snp_args(fx, payload, "--vcpus", "2"), capsys)
     a = _write(tmp_path / "a.json", base)
     same = _write(tmp_path / "same.json", json_doc(snp_args(fx, payload, "--vcpus", "2"), capsys))
-    code, out, _ = run(["diff", a, same], capsys)
+    code, out, _err = run(["diff", a, same], capsys)
     assert code == 0 and "identical" in out
 
     kernel_args = snp_args(fx, payload, "--vcpus", "2")
     kernel_args[kernel_args.index(str(payload["kernel"]))] = str(payload["other"])
     kernel = _write(tmp_path / "kernel.json", json_doc(kernel_args, capsys))
-    code, out, _ = run(["diff", a, kernel], capsys)
+    code, out, _err = run(["diff", a, kernel], capsys)
     assert code == 1
     assert "kernel.sha256" in out and "cmdline_sha256" not in out and "- vcpus" not in out
     assert "measurement for 2 vCPU(s): differ" in out
 
     append = _write(tmp_path / "append.json", json_doc(snp_args(fx, payload, "--vcpus", "2", append="quiet"), capsys))
-    code, out, _ = run(["diff", a, append], capsys)
+    code, out, _err = run(["diff", a, append], capsys)
     assert code == 1 and "cmdline_sha256" in out and "kernel.sha256" not in out
     assert "console=ttyS0 ro" in out and "quiet" in out
 
     vcpus = _write(tmp_path / "vcpus.json", json_doc(snp_args(fx, payload, "--vcpus", "2,4"), capsys))
-    code, out, _ = run(["diff", a, vcpus], capsys)
+    code, out, _err = run(["diff", a, vcpus], capsys)
     assert code == 1 and "- vcpus:" in out and "kernel.sha256" not in out
     assert "measurement for 2 vCPU(s): same" in out
 
-    code, out, _ = run(["diff", a, kernel, "--json"], capsys)
+    code, out, _err = run(["diff", a, kernel, "--json"], capsys)
     report = json.loads(out)
     assert code == 1 and report["differ"] is True
     assert [d["field"] for d in report["differences"]] == ["kernel.sha256"]
@@ -191,9 +191,9 @@ def test_diff_same_inputs_different_measurements(fx: Path, payload, tmp_path: Pa
     changed = json.loads(json.dumps(base))
     changed["measurements"]["1"] = "00" * 48
     a, b = _write(tmp_path / "a.json", base), _write(tmp_path / "b.json", changed)
-    code, out, _ = run(["diff", a, b], capsys)
+    code, out, _err = run(["diff", a, b], capsys)
     assert code == 1 and "measurements differ" in out
-    code, out, _ = run(["diff", a, b, "--json"], capsys)
+    code, out, _err = run(["diff", a, b, "--json"], capsys)
     report = json.loads(out)
     assert report["differ"] is True
     assert code == 1, "diff --json says differ=true but exits 0"
@@ -202,11 +202,11 @@ def test_diff_same_inputs_different_measurements(fx: Path, payload, tmp_path: Pa
 def test_diff_errors(tmp_path: Path, capsys) -> None:
     good = _write(tmp_path / "good.json", {"inputs": {}})
     (tmp_path / "bad.json").write_text("{")
-    code, _, err = run(["diff", good, str(tmp_path / "bad.json")], capsys)
+    code, _out, err = run(["diff", good, str(tmp_path / "bad.json")], capsys)
     assert code == 2 and "B.json" in err and "not JSON" in err
-    code, _, err = run(["diff", str(tmp_path / "missing.json"), good], capsys)
+    code, _out, err = run(["diff", str(tmp_path / "missing.json"), good], capsys)
     assert code == 2 and "A.json" in err
-    code, _, err = run(["diff", _write(tmp_path / "list.json", [1]), good], capsys)
+    code, _out, err = run(["diff", _write(tmp_path / "list.json", [1]), good], capsys)
     assert code == 2 and "measure --json" in err
 
 
@@ -314,7 +314,8 @@ def test_dump_vmsa_matches_sev_snp_measure(fx: Path, tmp_path: Path, monkeypatch
     monkeypatch.chdir(ours)
     code, out, err = run([*argv, "--dump-vmsa"], capsys)
     assert code == 0, err
-    proc = subprocess.run([str(SSM), *argv, "--dump-vmsa"], cwd=theirs, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(SSM), *argv, "--dump-vmsa"], cwd=theirs, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert out == proc.stdout
     names = sorted(p.name for p in theirs.iterdir())
@@ -340,6 +341,6 @@ def test_cross_check(fx: Path, payload, capsys) -> None:
 
 @pytest.mark.oracle
 def test_cross_check_refuses_legacy(fx: Path, capsys) -> None:
-    code, _, err = run(["--mode", "snp", "--vcpus", "1", "--vmm-type", "ec2", "--ec2-vmsa", "legacy", "--ovmf",
-                        str(fx / "ovmf_AmdSev_suffix.bin"), "--cross-check"], capsys)
+    code, _out, err = run(["--mode", "snp", "--vcpus", "1", "--vmm-type", "ec2", "--ec2-vmsa", "legacy", "--ovmf",
+                          str(fx / "ovmf_AmdSev_suffix.bin"), "--cross-check"], capsys)
     assert code == 2 and "cross_check" in err

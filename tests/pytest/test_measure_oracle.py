@@ -299,7 +299,7 @@ def _cli_pair(argv: list[str], capsys) -> tuple[tuple[int, str], tuple[int, str]
     code = cli_main.main(["measure", *argv])
     out, err = capsys.readouterr()
     assert code == 0, err
-    proc = subprocess.run([str(SSM_CLI), *argv], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(SSM_CLI), *argv], capture_output=True, text=True, timeout=120, check=False)
     return (code, out), (proc.returncode, proc.stdout)
 
 
@@ -332,7 +332,7 @@ def test_cli_error_exit_for_firmware_without_kernel_hashes(cli_files, capsys) ->
             str(SSM_FIXTURES / "ovmf_OvmfX64_suffix.bin"), "--kernel", cli_files["kernel"]]
     code = cli_main.main(["measure", *argv])
     out, err = capsys.readouterr()
-    proc = subprocess.run([str(SSM_CLI), *argv], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(SSM_CLI), *argv], capture_output=True, text=True, timeout=120, check=False)
     assert code == 2 and out == "" and "ovmf" in err
     assert proc.returncode == 1 and proc.stdout == "" and "SNP_KERNEL_HASHES" in proc.stderr
 
@@ -358,7 +358,7 @@ def synthetic_launches(draw) -> dict[str, Any]:
     sections = draw(st.lists(st.tuples(st.integers(0x100, 0xFFFF).map(lambda p: p * 0x1000),
                                        st.integers(0, 4).map(lambda p: p * 0x1000),
                                        st.sampled_from(SECTION_KINDS)),
-                              min_size=draw(st.sampled_from([0] + [1] * 9)), max_size=7))
+                             min_size=draw(st.sampled_from([0] + [1] * 9)), max_size=7))
     return {
         "sections": tuple(sections),
         "reset_eip": draw(st.integers(1, 0xFFFFFFFF)),

@@ -66,7 +66,7 @@ def check_lines(stdout: str) -> dict[str, str]:
     """{check name: status mark} from the text output of ``report verify``."""
     out = {}
     for line in stdout.splitlines():
-        mark, _, rest = line.partition(" ")
+        mark, _sep, rest = line.partition(" ")
         if mark in ("ok", "FAIL", "skip"):
             out[rest.split()[0]] = mark
     return out

@@ -251,7 +251,7 @@ def test_bad_signature_refused(vectors: Path) -> None:
 
 
 @pytest.mark.parametrize(("entry_id", "other"), [(i, p) for i in WITH_VEK for p in sorted(PRODUCTS)
-                                                if i == "vectors-missing" or p != entry(i)["product"]])
+                                                 if i == "vectors-missing" or p != entry(i)["product"]])
 def test_refused_with_another_products_chain(vectors: Path, entry_id: str, other: str) -> None:
     e = entry(entry_id)
     vlek = e["signing_key"] == "VLEK"
@@ -316,7 +316,7 @@ def test_amd_root_certificates(vectors: Path, entry_id: str) -> None:
     assert der.not_valid_before_utc == datetime.datetime.fromisoformat(e["not_before"])
     assert der.not_valid_after_utc == datetime.datetime.fromisoformat(e["not_after"])
     product = PRODUCTS[e["product"]]
-    _, ark = roots(e["product"])
+    _ask, ark = roots(e["product"])
     verify_amd_signature(der, ark, field="cert")  # self-signed ARK, or ASK/ASVK signed by the ARK
     if e["role"] == "ARK":
         assert fingerprint(der) == PINNED_ARK_SHA256[product]
@@ -359,7 +359,7 @@ def test_crl_as_stated(vectors: Path, entry_id: str) -> None:
     assert crl.next_update_utc == datetime.datetime.fromisoformat(e["next_update"])
     assert sorted((r.serial_number, r.revocation_date_utc) for r in crl) == sorted(
         (int(r["serial"], 16), datetime.datetime.fromisoformat(r["revocation_date"])) for r in e["revoked"])
-    ask, _ = roots(e["product"])
+    ask, _ark = roots(e["product"])
     assert (crl.get_revoked_certificate_by_serial_number(ask.serial_number) is not None) is e["expected"][
         "ask_serial_revoked"]
     _not_signed_by_other_arks(crl, e["product"])
@@ -583,7 +583,7 @@ def test_mutation_recipe(vectors: Path, index: int) -> None:
     vek_der = bytearray(cert(e["files"]["vek"]).public_bytes(Encoding.DER))
     coll = collateral(e)
     if case["mutation"] == "verify VCEK against Milan ASVK instead of ASK":
-        asvk, _ = roots("Milan", vlek=True)
+        asvk, _ark = roots("Milan", vlek=True)
         with pytest.raises(SnpError, match="does not verify"):
             verify_amd_signature(cert(e["files"]["vek"]), asvk, field="vek")
         coll = collateral(e, ask=asvk)

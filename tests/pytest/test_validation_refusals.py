@@ -238,7 +238,7 @@ def test_min_tcb_component(request: pytest.FixtureRequest, product: str, compone
     minimum = {**{k: 0 for k in have}, component: have[component] + 1}
     _shows(error, minimum, have)
     assert [r.name for r in error.results if r.failed] == [f"min_tcb.{n}" for n in ("current", "reported",
-                                                                                        "committed", "launch")]
+                                                                                    "committed", "launch")]
     _accepted(sim, report, Expectations(min_tcb={component: have[component]}))
     _accepted(sim, report, Expectations(min_tcb=have))
 
@@ -448,13 +448,13 @@ def test_turin_chip_id_tail_must_be_zero(turin: SimulatedAmdSp) -> None:
 
 
 def test_vlek_report_with_vcek_chain(milan: SimulatedAmdSp, vlek: tuple[Any, Any, Any]) -> None:
-    _, _, key = vlek
+    _asvk, _cert, key = vlek
     error = _refused(milan, _resign(milan, key=key, signing_key=1), "ask.subject")
     _shows(error, "SEV-VLEK-Milan", "SEV-Milan")
 
 
 def test_vcek_report_with_vlek_chain(milan: SimulatedAmdSp, vlek: tuple[Any, Any, Any]) -> None:
-    asvk, cert, _ = vlek
+    asvk, cert, _key = vlek
     error = _refused(milan, milan.report(), "ask.subject", collateral=_collateral(milan, vek=cert, ask=asvk))
     _shows(error, "SEV-Milan", "SEV-VLEK-Milan")
 
@@ -498,7 +498,7 @@ def test_signature_algo(milan: SimulatedAmdSp) -> None:
 
 
 @pytest.mark.parametrize(("key_info", "shown"), [(7 << 2, "NONE"), (2 << 2, "reserved signing key 2"),
-                                                  (1 << 5, "0x20"), (1 << 5 | 1 << 2, "0x24")])
+                                                 (1 << 5, "0x20"), (1 << 5 | 1 << 2, "0x24")])
 def test_key_info(milan: SimulatedAmdSp, key_info: int, shown: str) -> None:
     """SIGNING_KEY NONE or reserved, or a reserved KEY_INFO bit: the refusal shows which."""
     error = _refused(milan, _resign(milan, at_0x48=key_info), "report.key_info")
@@ -646,7 +646,7 @@ BAD_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "value", "field"), BAD_OPTIONS, ids=[f"{n}={v!r}" for n, v, _ in BAD_OPTIONS])
+@pytest.mark.parametrize(("name", "value", "field"), BAD_OPTIONS, ids=[f"{n}={v!r}" for n, v, _field in BAD_OPTIONS])
 def test_expectations_from_options_refuses(name: str, value: Any, field: str) -> None:
     with pytest.raises(SnpError) as info:
         expectations_from_options({name: value})

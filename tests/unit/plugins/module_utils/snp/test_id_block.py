@@ -417,7 +417,7 @@ def test_any_96_bytes_parse_or_snperror(data: bytes) -> None:
 def test_mutated_id_auth_raises_only_snperror(auth: IdAuth, block: IdBlock, data: st.DataObject) -> None:
     # Targeted fuzzing: flip bytes of a valid block, then parse *and* verify.
     raw = bytearray(auth.to_bytes())
-    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+    for _flip in range(data.draw(st.integers(min_value=1, max_value=4))):
         raw[data.draw(st.integers(min_value=0, max_value=0xFFF))] = data.draw(st.integers(min_value=0, max_value=255))
     with contextlib.suppress(SnpError):
         IdAuth.from_bytes(bytes(raw)).verify(block)

@@ -309,7 +309,7 @@ def test_short_footer_entries_are_named(field: str) -> None:
     data = Image(reset_eip=None, extra_entries=[(RESET_BLOCK_GUID, b"\x04\xb0")]).build()
     fw = parse_firmware(data, field=field)
     with pytest.raises(FormatError, match="SEV-ES reset block entry is 2 bytes, expected at least 4") as info:
-        _ = fw.sev_es_reset_eip
+        _reset_eip = fw.sev_es_reset_eip
     assert info.value.field == field
 
 

@@ -60,7 +60,7 @@ def test_key_digest_is_sha384_of_whole_struct(key: ec.EllipticCurvePrivateKey) -
         lambda: ec.generate_private_key(ec.SECP256R1()),
         lambda: ec.generate_private_key(ec.SECP521R1()),
         lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024),
-        lambda: ed25519.Ed25519PrivateKey.generate(),
+        ed25519.Ed25519PrivateKey.generate,
     ],
     ids=["p256", "p521", "rsa", "ed25519"],
 )

@@ -70,9 +70,9 @@ def test_at_least_is_componentwise(product: Product, data: st.DataObject) -> Non
 def test_same_bytes_two_layouts() -> None:
     raw = bytes([1, 2, 3, 4, 0, 0, 5, 6])
     assert TcbVersion.decode(raw, Product.MILAN).components() == {"bootloader": 1, "tee": 2, "snp": 5,
-                                                                   "microcode": 6}
+                                                                  "microcode": 6}
     assert TcbVersion.decode(raw, Product.TURIN).components() == {"bootloader": 2, "tee": 3, "snp": 4,
-                                                                   "microcode": 6, "fmc": 1}
+                                                                  "microcode": 6, "fmc": 1}
 
 
 @pytest.mark.parametrize("product", list(Product))
