@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 from .snp.errors import SnpError
 
@@ -23,7 +24,7 @@ def https_get(url: str, *, timeout: float = 30.0, retries: int = 3, backoff: flo
     while True:
         attempt += 1
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with open_url(url, timeout=timeout, validate_certs=True, http_agent="snpguard.cvm") as response:
                 data = response.read(MAX_BYTES + 1)
             if len(data) > MAX_BYTES:
                 raise SnpError(f"response from {url} is larger than {MAX_BYTES} bytes", field="kds")

@@ -31,6 +31,7 @@ attributes:
     description: Attestation changes nothing.
   diff_mode:
     support: none
+    description: Nothing on the target changes, so there is nothing to diff.
 options:
   bind_public_key:
     description: A public key (hex) to bind into REPORT_DATA with the nonce, for a later key exchange.

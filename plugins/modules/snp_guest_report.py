@@ -15,7 +15,7 @@ description:
   - Also returns the certificate table the host attached (VCEK/VLEK, ASK, ARK), when there is one.
   - Fails with a clear message on a machine that is not an SEV-SNP guest.
   - Runs on the guest; verify the result on the controller with M(snpguard.cvm.snp_report_verify) or use the
-    P(snpguard.cvm.attest#action) action, which does both.
+    M(snpguard.cvm.attest) action, which does both.
 author:
   - snpguard maintainers (@snpguard)
 attributes:
@@ -24,6 +24,7 @@ attributes:
     description: Getting a report changes nothing on the guest.
   diff_mode:
     support: none
+    description: The only possible change is writing the raw report to O(dest); no diff is shown for it.
 options:
   report_data:
     description:

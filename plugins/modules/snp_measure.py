@@ -26,6 +26,7 @@ attributes:
     description: The module only reads files, so check mode computes the same result.
   diff_mode:
     support: none
+    description: Nothing on the target changes, so there is nothing to diff.
 options:
   mode:
     description:

@@ -28,6 +28,7 @@ attributes:
     description: Verification changes nothing; check mode verifies the same way.
   diff_mode:
     support: none
+    description: Nothing on the target changes, so there is nothing to diff.
 options:
   report:
     description: Path to the 1184-byte report. One of O(report) and O(report_b64) is required.

@@ -106,12 +106,14 @@ def ensure_parses(obj: Any, *, field: str) -> None:
         key = identity(obj)
         if key in _PARSED:
             return
-        _ = (obj.issuer, obj.signature_algorithm_oid, obj.signature_hash_algorithm, obj.signature)
+        decoded = [obj.issuer, obj.signature_algorithm_oid, obj.signature_hash_algorithm, obj.signature]
         if hasattr(obj, "tbs_certlist_bytes"):
-            _ = (obj.tbs_certlist_bytes, obj.last_update_utc, obj.next_update_utc, [r.serial_number for r in obj])
+            decoded += [obj.tbs_certlist_bytes, obj.last_update_utc, obj.next_update_utc,
+                        [revoked.serial_number for revoked in obj]]
         else:
-            _ = (obj.subject, obj.tbs_certificate_bytes, obj.public_key(), serial_number(obj),
-                 obj.not_valid_before_utc, obj.not_valid_after_utc, list(obj.extensions))
+            decoded += [obj.subject, obj.tbs_certificate_bytes, obj.public_key(), serial_number(obj),
+                        obj.not_valid_before_utc, obj.not_valid_after_utc, list(obj.extensions)]
+        del decoded
     except Exception as exc:  # any decoding error of a lazily parsed field
         raise SnpError(f"does not parse: {exc}", field=field) from exc
     if len(_PARSED) >= _VERIFIED_MAX:
