@@ -47,6 +47,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--offline", action="store_true", default=None, help="never contact AMD KDS")
     run.add_argument("--require-crl", action="store_true", default=None, help="fetch and require AMD's CRL")
     run.add_argument("--workers", type=int, metavar="N", help="uvicorn worker processes (default 1)")
+    run.add_argument("--threads", type=int, metavar="N", help="request-handler threads per worker (default 16)")
     run.add_argument("--nonce-ttl", type=int, metavar="SECONDS", help="challenge lifetime (default 60)")
     run.add_argument("--rate-limit", type=int, metavar="N",
                      help="attestation requests per window and client address (default 600; 0 disables)")
@@ -87,7 +88,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
         raise SnpError(f"the server needs its dependencies (pip install -r requirements-server.txt): {exc}",
                        field="server") from exc
     keys = ("db_url", "kek_file", "listen", "tls_cert", "tls_key", "tls_names", "tls_ips", "insecure_http",
-            "simulated_roots", "kds_cache", "offline", "require_crl", "workers", "nonce_ttl", "rate_limit",
+            "simulated_roots", "kds_cache", "offline", "require_crl", "workers", "threads", "nonce_ttl", "rate_limit",
             "rate_window", "max_body", "max_image_body", "forwarded_allow_ips", "log_level")
     overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     overrides.update(extra)

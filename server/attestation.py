@@ -4,15 +4,16 @@
 
 A verify request runs in three steps so that the database is locked only briefly:
 
-1. one short transaction counts the request against the rate limit and reads the
-   session and the image registered for the report's measurement;
+1. one short read checks the rate limit and reads the session and the image
+   registered for the report's measurement;
 2. no transaction: the report is verified completely by ``attest()`` (AMD chain or a
    configured simulated root, signature, REPORT_DATA binding, measurement, policy,
    minimum TCB, ID/author keys, host data, VMPL 0) and, only if everything passed,
    the volume key is HPKE-sealed to the agent's key;
-3. one write transaction makes the decision durable: consume the session (only if
-   still unconsumed — a concurrent replay loses here), count the release on the
-   image (only if still enabled), and write the audit row.  The sealed key leaves the
+3. one write transaction makes the decision durable: count the request against the
+   rate limit, consume the session (only if still unconsumed — a concurrent replay
+   loses here), count the release on the image (only if still enabled), and write
+   the audit row.  The sealed key leaves the
    server only after that commit.
 
 Every refusal names the failed check (to the caller and in the audit log); the key,
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import select
 
 from ..plugins.module_utils.collateral import CollateralSources, resolve_collateral
 from ..plugins.module_utils.keyrelease import HPKE_SUITE_NAME, X25519_KEY_SIZE, seal_volume_key, wipe
@@ -43,13 +44,28 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
 from . import kek, ratelimit
 from .context import ServerContext
-from .db import attest_sessions, audit, images, measurements, now_ms, write_tx
+from .db import HotSql, audit, now_ms, read_tx, write_tx
 from .errors import ApiError
 from .images import expectations_for
 from .schemas import VerifyRequest
 
 SWEEP_PROBABILITY = 0.01
 KEEP_SESSIONS_MS = 3600 * 1000
+
+# The statements every handshake runs, as plain SQL (see db.HotSql).
+_INSERT_SESSION = HotSql("INSERT INTO attest_sessions (id, nonce, source, created_at, expires_at) "
+                         "VALUES (:id, :nonce, :source, :created_at, :expires_at)")
+_SWEEP_SESSIONS = HotSql("DELETE FROM attest_sessions WHERE expires_at < :before")
+_SESSION = HotSql("SELECT nonce, expires_at, consumed_at FROM attest_sessions WHERE id = :id")
+_IMAGE = HotSql("SELECT i.id, i.name, i.enabled, i.spec, i.volume_key_enc, i.id_key_digest FROM images i "
+                "JOIN measurements m ON m.image_id = i.id WHERE m.measurement = :measurement")
+_CONSUME = HotSql("UPDATE attest_sessions SET consumed_at = :now WHERE id = :id AND consumed_at IS NULL")
+_RELEASED = HotSql("UPDATE images SET release_count = release_count + 1, last_release_at = :now "
+                   "WHERE id = :id AND enabled = TRUE")
+_REFUSED = HotSql("UPDATE images SET refusal_count = refusal_count + 1 WHERE id = :id")
+_AUDIT = HotSql("INSERT INTO audit (at, source, session_id, image_id, image_name, measurement, reported_tcb, "
+                "result, check_name, message) VALUES (:at, :source, :session_id, :image_id, :image_name, "
+                ":measurement, :reported_tcb, :result, :check_name, :message)")
 
 
 @dataclass
@@ -77,10 +93,9 @@ def challenge(ctx: ServerContext, source: str) -> dict[str, Any]:
     expires = now + settings.nonce_ttl * 1000
     with write_tx(ctx.engine) as conn:
         ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
-        conn.execute(insert(attest_sessions).values(id=session_id, nonce=nonce, source=source[:64],
-                                                    created_at=now, expires_at=expires))
+        _INSERT_SESSION(conn, id=session_id, nonce=nonce, source=source[:64], created_at=now, expires_at=expires)
         if random.random() < SWEEP_PROBABILITY:
-            conn.execute(delete(attest_sessions).where(attest_sessions.c.expires_at < now - KEEP_SESSIONS_MS))
+            _SWEEP_SESSIONS(conn, before=now - KEEP_SESSIONS_MS)
     return {"session_id": session_id, "nonce": base64.b64encode(nonce).decode(), "expires_at": _iso(expires)}
 
 
@@ -160,22 +175,18 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
             report = None
     measurement = report.measurement.hex() if report is not None else None
 
-    # 1. rate limit, session, image (one short transaction).
-    with write_tx(ctx.engine) as conn:
-        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
-        session = conn.execute(select(attest_sessions).where(attest_sessions.c.id == req.session_id)).first()
-        image = None
-        if measurement is not None:
-            image = conn.execute(
-                select(images).join(measurements, measurements.c.image_id == images.c.id)
-                .where(measurements.c.measurement == measurement)).first()
+    # 1. rate limit, session, image (one short read; the request is counted in step 3).
+    with read_tx(ctx.engine) as conn:
+        ratelimit.check(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
+        session = _SESSION(conn, id=req.session_id).first()
+        image = _IMAGE(conn, measurement=measurement).first() if measurement is not None else None
 
     # 2. verification and sealing, outside any transaction.
     decision = _decide(ctx, req, session, report, image, image.id_key_digest if image is not None else None,
                        agent_key, certs, now)
     sealed: bytes | None = None
     if decision.released:
-        volume_key = kek.open_blob(ctx.kek, image.volume_key_enc, kek.VOLUME_KEY_AAD + image.id.encode(),
+        volume_key = kek.open_blob(ctx.kek, bytes(image.volume_key_enc), kek.VOLUME_KEY_AAD + image.id.encode(),
                                    what="volume key")
         try:
             sealed = seal_volume_key(volume_key, agent_key, req.session_id, raw_report)
@@ -184,31 +195,26 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
 
     # 3. the decision, durable and atomic: consume, count, audit.
     with write_tx(ctx.engine) as conn:
+        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now, enforce=False)
         if session is not None:
-            consumed = conn.execute(update(attest_sessions)
-                                    .where(attest_sessions.c.id == req.session_id,
-                                           attest_sessions.c.consumed_at.is_(None))
-                                    .values(consumed_at=now)).rowcount
+            consumed = _CONSUME(conn, now=now, id=req.session_id).rowcount
             if not consumed and decision.check not in ("session.replayed",):
                 decision = Decision("session.replayed", "this session was used concurrently", decision.image,
                                     decision.product)
                 sealed = None
         if decision.released:
-            counted = conn.execute(update(images).where(images.c.id == image.id, images.c.enabled.is_(True))
-                                   .values(release_count=images.c.release_count + 1, last_release_at=now)).rowcount
+            counted = _RELEASED(conn, now=now, id=image.id).rowcount
             if not counted:
                 decision = Decision("image.disabled", f"image {image.name!r} was disabled", image, decision.product)
                 sealed = None
         if not decision.released and decision.image is not None:
-            conn.execute(update(images).where(images.c.id == decision.image.id)
-                         .values(refusal_count=images.c.refusal_count + 1))
-        conn.execute(insert(audit).values(
-            at=now, source=source[:64], session_id=req.session_id if session is not None else None,
-            image_id=decision.image.id if decision.image is not None else None,
-            image_name=decision.image.name if decision.image is not None else None,
-            measurement=measurement, reported_tcb=_reported_tcb(report, decision.product),
-            result="released" if decision.released else "refused", check_name=decision.check,
-            message=None if decision.released else decision.message[:2000]))
+            _REFUSED(conn, id=decision.image.id)
+        _AUDIT(conn, at=now, source=source[:64], session_id=req.session_id if session is not None else None,
+               image_id=decision.image.id if decision.image is not None else None,
+               image_name=decision.image.name if decision.image is not None else None,
+               measurement=measurement, reported_tcb=_reported_tcb(report, decision.product),
+               result="released" if decision.released else "refused", check_name=decision.check,
+               message=None if decision.released else decision.message[:2000])
 
     if not decision.released or sealed is None:
         raise ApiError(403, "attestation_refused", decision.message, check=decision.check)
@@ -217,8 +223,6 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
 
 
 def audit_entries(ctx: ServerContext, limit: int, offset: int, image: str | None) -> list[dict[str, Any]]:
-    from .db import read_tx
-
     query = select(audit).order_by(audit.c.id.desc()).limit(limit).offset(offset)
     if image:
         query = query.where((audit.c.image_id == image) | (audit.c.image_name == image))

@@ -48,7 +48,8 @@ class Settings:
     max_image_body: int = 512 << 20  # registrations carry kernel and initrd
     forwarded_allow_ips: str | None = None
     log_level: str = "info"
-    db_pool_size: int = 10
+    db_pool_size: int = 16
+    threads: int = 16  # handler threads per worker process (anyio's default is 40)
 
     # -- derived ------------------------------------------------------------------------------
     @property

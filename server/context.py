@@ -62,7 +62,7 @@ def load_simulated_roots(paths: list[str]) -> tuple[Any, ...]:
 
 def build_context(settings: Settings, tls: TlsFiles | None = None) -> ServerContext:
     """Open the database (already initialised by ``state.initialize``) and load the keys."""
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, settings.threads))
     kek_bytes = state.load_kek(settings)
     with read_tx(engine) as conn:
         private = state.load_ingestion_private_key(conn, kek_bytes)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -143,6 +145,74 @@ web_sessions = Table(
 )
 
 
+class HotResult:
+    """The little of a result the hot path needs: rows by column name, scalar, rowcount."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, cursor: Any) -> None:
+        self.rowcount = cursor.rowcount
+        if cursor.description is None:
+            self.rows: list[Any] = []
+        else:
+            names = [d[0] for d in cursor.description]
+            self.rows = [HotRow(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def scalar(self) -> Any:
+        return next(iter(self.rows[0].values())) if self.rows else None
+
+    def scalar_one(self) -> Any:
+        if len(self.rows) != 1:
+            raise LookupError(f"expected one row, got {len(self.rows)}")
+        return self.scalar()
+
+
+class HotRow(dict):  # type: ignore[type-arg]
+    """A result row: ``row.name`` and ``row["name"]``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class HotSql:
+    """One SQL statement for the hot path, run on the DBAPI cursor inside the current transaction.
+
+    Written once with ``:name`` placeholders (sqlite3's named style) and translated to
+    ``%(name)s`` for psycopg.  Building Core statements and result objects per request
+    cost more CPU than the database work itself (cache keys, bind parameters, result
+    metadata), so the few statements every handshake runs bypass them; the transaction
+    (``write_tx``/``read_tx``), pooling and everything else stay SQLAlchemy's.
+    Driver errors are not wrapped: these statements have no expected failures.
+    """
+
+    _PLACEHOLDER = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+
+    def __init__(self, sql: str) -> None:
+        self.sql = " ".join(sql.split())
+        self._pyformat = self._PLACEHOLDER.sub(r"%(\1)s", self.sql.replace("%", "%%"))
+
+    def __call__(self, conn: Connection, **params: Any) -> HotResult:
+        sql = self.sql if conn.dialect.name == "sqlite" else self._pyformat
+        dbapi = conn.connection.dbapi_connection
+        cursor = dbapi.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            return HotResult(cursor)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # What SQLAlchemy does for its own statements: a dead connection must not go back to the pool.
+            if conn.dialect.is_disconnect(exc, dbapi, cursor):
+                conn.invalidate(exc)
+            raise
+        finally:
+            cursor.close()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -154,8 +224,10 @@ def is_sqlite(url: str) -> bool:
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine with the per-dialect settings this server relies on."""
     if is_sqlite(url):
+        # A pool as large as the handler thread count: an overflow connection would be closed on
+        # return and reopened (file open, schema read, pragmas) on the next burst.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=False)
+                               pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -171,13 +243,63 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout on the hot path): a connection found dead is invalidated
+    # when it fails (SQLAlchemy, HotSql), that request gets a 503, and the next one a fresh connection.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800)
+
+
+class SqliteWriteLock:
+    """Serialises SQLite writers: a thread lock in this process, an flock across processes.
+
+    SQLite's own busy handler makes a blocked writer *sleep* (1, 2, 5 … 100 ms) and poll,
+    so under load most of a request's latency would be sleeping next to an idle lock.
+    A kernel flock wakes the next writer the moment the lock is released.  SQLite's
+    busy timeout stays as the fallback for writers outside this server.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_WRITE_LOCKS: dict[str, SqliteWriteLock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> SqliteWriteLock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    path = os.path.abspath(database) + ".write-lock"
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(path)
+        if lock is None:
+            lock = _WRITE_LOCKS[path] = SqliteWriteLock(path)
+        return lock
 
 
 @contextlib.contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """One write transaction: committed on success, rolled back on any exception."""
-    with engine.connect() as conn:
+    lock = _write_lock(engine)
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(engine.connect())
+        if lock is not None:
+            stack.enter_context(lock.hold())
         conn.execution_options(write=True)
         with conn.begin():
             yield conn

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..plugins.module_utils.snp.errors import SnpError
@@ -66,6 +67,18 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _is_driver_error(exc: Exception) -> bool:
+    """A raw DBAPI error (the hot path's statements are not wrapped by SQLAlchemy)."""
+    return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg") and isinstance(exc, Exception) and \
+        type(exc).__name__ in ("OperationalError", "InterfaceError", "DatabaseError")
+
+
+def _database_unavailable(exc: Exception) -> JSONResponse:
+    log.error("database error: %s", type(exc).__name__, exc_info=exc)
+    return error_response(503, "database_unavailable", "the database is unavailable; retry",
+                          headers={"Retry-After": "1"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -99,7 +112,13 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(_allowed_methods(app, request))
         return error_response(exc.status_code, code, message, headers=headers or None)
 
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        return _database_unavailable(exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        if _is_driver_error(exc):
+            return _database_unavailable(exc)
         log.exception("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "internal error (logged on the server)")

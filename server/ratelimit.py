@@ -3,7 +3,7 @@
 """Fixed-window rate limiting with the counters in the database (shared by all replicas).
 
 One upsert per request: ``INSERT … ON CONFLICT (bucket, window) DO UPDATE SET
-count = count + 1 RETURNING count``, atomic on SQLite and PostgreSQL alike.  Old
+count = count + 1 RETURNING count``, atomic on SQLite (>= 3.35) and PostgreSQL alike.  Old
 windows are swept now and then by whoever happens to be writing.
 """
 
@@ -11,29 +11,48 @@ from __future__ import annotations
 
 import random
 
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from .db import rate_limits
+from .db import HotSql
 from .errors import ApiError
 
 SWEEP_PROBABILITY = 0.01
 
 
-def hit(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int) -> None:
+def _refuse(limit: int, window_s: int, window: int, now_ms: int) -> ApiError:
+    retry = max(1, ((window + 1) * window_s * 1000 - now_ms + 999) // 1000)
+    return ApiError(429, "rate_limited", f"more than {limit} requests in {window_s} s from this address",
+                    headers={"Retry-After": str(retry)})
+
+
+_COUNT = HotSql('SELECT "count" FROM rate_limits WHERE bucket = :bucket AND "window" = :window')
+_HIT = HotSql('INSERT INTO rate_limits (bucket, "window", "count") VALUES (:bucket, :window, 1) '
+              'ON CONFLICT (bucket, "window") DO UPDATE SET "count" = rate_limits."count" + 1 RETURNING "count"')
+_SWEEP = HotSql('DELETE FROM rate_limits WHERE "window" < :window')
+
+
+def check(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int) -> None:
+    """Read-only: raise 429 if ``bucket`` is already at ``limit`` (the request is counted later, by ``hit``).
+
+    Lets a handler refuse early without a write transaction, and count the request in
+    the write transaction it makes anyway.  Concurrent requests may overshoot the limit
+    by at most their number, which a rate limit tolerates.
+    """
+    if limit <= 0:
+        return
+    window = now_ms // (window_s * 1000)
+    count = _COUNT(conn, bucket=bucket[:128], window=window).scalar()
+    if count is not None and count >= limit:
+        raise _refuse(limit, window_s, window, now_ms)
+
+
+def hit(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int, *, enforce: bool = True) -> None:
     """Count one request for ``bucket``; raise 429 with Retry-After when over ``limit`` (0 = no limit)."""
     if limit <= 0:
         return
     window = now_ms // (window_s * 1000)
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(rate_limits).values(bucket=bucket[:128], window=window, count=1)
-    stmt = stmt.on_conflict_do_update(index_elements=[rate_limits.c.bucket, rate_limits.c.window],
-                                      set_={"count": rate_limits.c.count + 1}).returning(rate_limits.c.count)
-    count = conn.execute(stmt).scalar_one()
+    count = _HIT(conn, bucket=bucket[:128], window=window).scalar_one()
     if random.random() < SWEEP_PROBABILITY:
-        conn.execute(delete(rate_limits).where(rate_limits.c.window < window - 1))
-    if count > limit:
-        retry = max(1, ((window + 1) * window_s * 1000 - now_ms + 999) // 1000)
-        raise ApiError(429, "rate_limited", f"more than {limit} requests in {window_s} s from this address",
-                       headers={"Retry-After": str(retry)})
+        _SWEEP(conn, window=window - 1)
+    if enforce and count > limit:
+        raise _refuse(limit, window_s, window, now_ms)

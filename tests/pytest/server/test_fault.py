@@ -146,7 +146,7 @@ def _run_fault_cycles(tmp_path: Path, args: list[str], db_url: str, sim) -> None
 
 @pytest.mark.slow
 def test_kill9_during_registrations_and_handshakes_sqlite(tmp_path: Path, sim, sim_root: Path) -> None:
-    _run_fault_cycles(tmp_path, ["--simulated-root", str(sim_root), "--offline"],
+    _run_fault_cycles(tmp_path, ["--simulated-root", str(sim_root), "--offline", "--rate-limit", "100000"],
                       f"sqlite:///{tmp_path / 'data' / 'snpguard.db'}", sim)
 
 
@@ -158,4 +158,5 @@ def test_kill9_during_registrations_and_handshakes_postgresql(tmp_path: Path, po
         conn.execute(text("CREATE DATABASE fault"))
     admin_engine.dispose()
     url = postgres.url.rsplit("/", 1)[0] + "/fault"
-    _run_fault_cycles(tmp_path, ["--db-url", url, "--simulated-root", str(sim_root), "--offline"], url, sim)
+    _run_fault_cycles(tmp_path, ["--db-url", url, "--simulated-root", str(sim_root), "--offline", "--rate-limit",
+                                 "100000"], url, sim)
