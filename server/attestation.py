@@ -4,8 +4,9 @@
 
 A verify request runs in three steps so that the database is locked only briefly:
 
-1. one short read checks the rate limit and reads the session and the image
-   registered for the report's measurement;
+1. one statement, outside any transaction, reads the rate-limit count, the session
+   and the image registered for the report's measurement (step 3 re-checks what
+   matters atomically: that the session is unconsumed and the image enabled);
 2. no transaction: the report is verified completely by ``attest()`` (AMD chain or a
    configured simulated root, signature, REPORT_DATA binding, measurement, policy,
    minimum TCB, ID/author keys, host data, VMPL 0) and, only if everything passed,
@@ -44,7 +45,7 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
 from . import kek, ratelimit
 from .context import ServerContext
-from .db import HotSql, audit, now_ms, read_tx, write_tx
+from .db import HotSql, audit, autocommit, now_ms, read_tx, write_tx
 from .errors import ApiError
 from .images import expectations_for
 from .schemas import VerifyRequest
@@ -56,9 +57,16 @@ KEEP_SESSIONS_MS = 3600 * 1000
 _INSERT_SESSION = HotSql("INSERT INTO attest_sessions (id, nonce, source, created_at, expires_at) "
                          "VALUES (:id, :nonce, :source, :created_at, :expires_at)")
 _SWEEP_SESSIONS = HotSql("DELETE FROM attest_sessions WHERE expires_at < :before")
-_SESSION = HotSql("SELECT nonce, expires_at, consumed_at FROM attest_sessions WHERE id = :id")
-_IMAGE = HotSql("SELECT i.id, i.name, i.enabled, i.spec, i.volume_key_enc, i.id_key_digest FROM images i "
-                "JOIN measurements m ON m.image_id = i.id WHERE m.measurement = :measurement")
+# Step 1 in one statement (one round trip): the rate-limit count, the session and the image, each maybe absent.
+_LOOKUP = HotSql("""
+    SELECT (SELECT rl."count" FROM rate_limits rl WHERE rl.bucket = :bucket AND rl."window" = :window) AS rate_count,
+           s.nonce AS nonce, s.expires_at AS expires_at, s.consumed_at AS consumed_at,
+           i.id AS id, i.name AS name, i.enabled AS enabled, i.spec AS spec, i.volume_key_enc AS volume_key_enc,
+           i.id_key_digest AS id_key_digest
+    FROM (SELECT 1 AS one) AS anchor
+    LEFT JOIN attest_sessions s ON s.id = :session_id
+    LEFT JOIN measurements m ON m.measurement = :measurement
+    LEFT JOIN images i ON i.id = m.image_id""")
 _CONSUME = HotSql("UPDATE attest_sessions SET consumed_at = :now WHERE id = :id AND consumed_at IS NULL")
 _RELEASED = HotSql("UPDATE images SET release_count = release_count + 1, last_release_at = :now "
                    "WHERE id = :id AND enabled = TRUE")
@@ -175,11 +183,15 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
             report = None
     measurement = report.measurement.hex() if report is not None else None
 
-    # 1. rate limit, session, image (one short read; the request is counted in step 3).
-    with read_tx(ctx.engine) as conn:
-        ratelimit.check(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
-        session = _SESSION(conn, id=req.session_id).first()
-        image = _IMAGE(conn, measurement=measurement).first() if measurement is not None else None
+    # 1. rate limit, session, image: one read (the request is counted in step 3).
+    bucket = f"attest:{source}"
+    window = ratelimit.window_of(now, settings.rate_window)
+    with autocommit(ctx.engine) as conn:
+        row = _LOOKUP(conn, bucket=bucket[:128], window=window, session_id=req.session_id,
+                      measurement=measurement).first()
+    ratelimit.refuse_if_over(row.rate_count, settings.rate_limit, settings.rate_window, now)
+    session = row if row.expires_at is not None else None
+    image = row if row.id is not None else None
 
     # 2. verification and sealing, outside any transaction.
     decision = _decide(ctx, req, session, report, image, image.id_key_digest if image is not None else None,

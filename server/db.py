@@ -306,6 +306,19 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 
 
 @contextlib.contextmanager
+def autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection without a transaction, for a single read statement (no BEGIN/COMMIT round trips).
+
+    SQLite connections are in driver autocommit already (``isolation_level = None`` at connect);
+    setting SQLAlchemy's AUTOCOMMIT there would reset them to implicit transactions on return.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@contextlib.contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn, conn.begin():
         yield conn

@@ -31,6 +31,16 @@ _HIT = HotSql('INSERT INTO rate_limits (bucket, "window", "count") VALUES (:buck
 _SWEEP = HotSql('DELETE FROM rate_limits WHERE "window" < :window')
 
 
+def window_of(now_ms: int, window_s: int) -> int:
+    return now_ms // (window_s * 1000)
+
+
+def refuse_if_over(count: int | None, limit: int, window_s: int, now_ms: int) -> None:
+    """429 when a count read elsewhere (e.g. joined into another query) is already at ``limit``."""
+    if limit > 0 and count is not None and count >= limit:
+        raise _refuse(limit, window_s, window_of(now_ms, window_s), now_ms)
+
+
 def check(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int) -> None:
     """Read-only: raise 429 if ``bucket`` is already at ``limit`` (the request is counted later, by ``hit``).
 
