@@ -61,3 +61,33 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, postgres: Postgres, sim,
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.slow
+def test_replicas_initialising_at_once_agree(tmp_path: Path, postgres: Postgres) -> None:
+    """Three first starts at the same moment on one new database: one master password, one ingestion key."""
+    import subprocess
+
+    from sqlalchemy import create_engine, text
+
+    from .conftest import snpguard_cmd, snpguard_env
+
+    admin_engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:
+        conn.execute(text("CREATE DATABASE racing"))
+    admin_engine.dispose()
+    url = postgres.url.rsplit("/", 1)[0] + "/racing"
+    kek = tmp_path / "kek.key"
+    procs = [subprocess.Popen(snpguard_cmd("server", "init", "--data-dir", str(tmp_path / f"r{i}"), "--db-url", url,
+                                           "--kek-file", str(kek)), env=snpguard_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(3)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert sum("shown ONCE" in out for out in outputs) == 1, outputs
+    assert sum("already initialised" in out for out in outputs) == 2
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        names = sorted(r[0] for r in conn.execute(text("SELECT name FROM settings")))
+        assert names == ["ingestion_private_key", "ingestion_public_key", "master_password_hash"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+    engine.dispose()
