@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Key-release server benchmark: complete handshakes per second with 50 concurrent agents.
@@ -176,7 +175,7 @@ class Postgres:
 
     def stop(self) -> None:
         subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
-                        "-w", "stop"], capture_output=True)
+                        "-w", "stop"], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -234,7 +233,7 @@ def baseline(sim: SimulatedAmdSp, count: int) -> float:
     table = cert_table(sim)
     trust = TrustSettings(simulated_roots=(sim.ark,))
     items = []
-    for _ in range(count):
+    for _index in range(count):
         agent = AgentSession()
         nonce = os.urandom(32)
         items.append((sim.report(measurement=MEASUREMENT, report_data=agent.report_data(nonce)), nonce,
@@ -254,7 +253,7 @@ class RawHttp:
 
     def __init__(self, url: str, context: ssl.SSLContext | None) -> None:
         rest = url.split("://", 1)[1]
-        hostport, _, base = rest.partition("/")
+        hostport, _sep, base = rest.partition("/")
         self.host, port = hostport.rsplit(":", 1)
         self.port, self.base, self.context = int(port), "/" + base, context
         self.reader: asyncio.StreamReader | None = None
@@ -270,7 +269,7 @@ class RawHttp:
         status = int((await self.reader.readline()).split()[1])
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
+            name, _sep, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value)
         return status, json.loads(await self.reader.readexactly(length)) if length else {}
@@ -337,7 +336,7 @@ async def load(server: Server, sim: SimulatedAmdSp, agents: int, count: int, *, 
         finally:
             await http.close()
 
-    await asyncio.gather(*(agent_loop() for _ in range(agents)))
+    await asyncio.gather(*(agent_loop() for _agent in range(agents)))
     return latencies, errors, time.perf_counter() - start
 
 
@@ -413,7 +412,7 @@ def report(result: Result, base: float) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     parser.add_argument("--handshakes", type=int, default=3000, help="per run")
     parser.add_argument("--agents", type=int, default=50)

@@ -51,8 +51,8 @@ def upgrade() -> None:
     op.create_table(
         "measurements",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
-        sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE",
-                                                             name="fk_measurements_image"), nullable=False),
+        sa.Column("image_id", sa.String(36),
+                  sa.ForeignKey("images.id", ondelete="CASCADE", name="fk_measurements_image"), nullable=False),
         sa.Column("vcpus", sa.Integer, nullable=False),
         sa.Column("measurement", sa.String(96), nullable=False),
         sa.Column("id_block", sa.Text, nullable=True),
@@ -63,8 +63,8 @@ def upgrade() -> None:
     op.create_index("ix_measurements_image_id", "measurements", ["image_id"])
     op.create_table(
         "bundles",
-        sa.Column("image_id", sa.String(36), sa.ForeignKey("images.id", ondelete="CASCADE",
-                                                             name="fk_bundles_image"), primary_key=True),
+        sa.Column("image_id", sa.String(36),
+                  sa.ForeignKey("images.id", ondelete="CASCADE", name="fk_bundles_image"), primary_key=True),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),

@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession, seal_for_ingestion
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.binding import report_data_binding
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.cert_table import build_cert_table
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.crypto_guard import serialization
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
@@ -155,8 +156,8 @@ class Agent:
             session_id = challenge.json()["session_id"]
             nonce = base64.b64decode(challenge.json()["nonce"])
         agent = AgentSession()
-        report_data = agent.report_data(nonce) if bind_key is None else \
-            __import__("hashlib").sha512(b"snpguard/report-data/v1" + nonce + bind_key).digest()
+        # bind_key: a report bound to another key than the one sent (the attack the binding stops).
+        report_data = agent.report_data(nonce) if bind_key is None else report_data_binding(nonce, bind_key)
         if report is None:
             report = self.sim.report(measurement=measurement, report_data=report_data, **fields)
         body = {"session_id": session_id, "report": base64.b64encode(report).decode(),
@@ -249,7 +250,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
 
     def stop() -> None:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+                       capture_output=True, check=False)
 
     try:
         subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "snpguard",

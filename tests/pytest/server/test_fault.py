@@ -69,7 +69,9 @@ def _handshakes(proc: ServerProcess, agent: Agent, measurement: bytes, stop: thr
 def _check_database(url: str, kek: bytes, done: dict, released: list) -> None:
     engine = create_engine(url)
     with engine.connect() as conn:
-        q = lambda sql: conn.execute(text(sql)).all()  # noqa: E731
+        def q(sql: str) -> list:
+            return conn.execute(text(sql)).all()
+
         if url.startswith("sqlite"):
             assert q("PRAGMA integrity_check") == [("ok",)]
         assert q("SELECT i.id FROM images i LEFT JOIN measurements m ON m.image_id = i.id WHERE m.id IS NULL") == []
@@ -93,7 +95,7 @@ def _check_database(url: str, kek: bytes, done: dict, released: list) -> None:
                 assert row.bundle_sha256 == row.stored
         consumed = {r[0] for r in q("SELECT id FROM attest_sessions WHERE consumed_at IS NOT NULL")}
         audited = q("SELECT session_id, result FROM audit WHERE session_id IS NOT NULL")
-        assert sorted(s for s, _ in audited) == sorted(consumed), "each consumed session has exactly one decision"
+        assert sorted(s for s, _result in audited) == sorted(consumed), "each consumed session has exactly one decision"
         assert set(released) <= {s for s, result in audited if result == "released"}
         for image_id, count in q("SELECT id, release_count FROM images"):
             logged = conn.execute(text("SELECT COUNT(*) FROM audit WHERE image_id = :i AND result = 'released'"),
@@ -134,7 +136,7 @@ def _run_fault_cycles(tmp_path: Path, args: list[str], db_url: str, sim) -> None
         for name, (image_id, _key, _m) in done.items():
             assert listed[name]["id"] == image_id
         # The restarted server still releases the target's key.
-        response, _key, _ = agent.handshake(client, measurement)
+        response, _key, _body = agent.handshake(client, measurement)
         assert response.status_code == 200
     proc.stop()
     assert not errors, errors[:3]

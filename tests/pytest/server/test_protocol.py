@@ -50,7 +50,7 @@ def image(admin: httpx.Client) -> dict:
 
 
 def test_release_opens_to_the_exact_volume_key(admin, agent, image):
-    response, key, _ = agent.handshake(admin, measurement(2))
+    response, key, _body = agent.handshake(admin, measurement(2))
     assert response.status_code == 200, response.text
     assert bytes(key) == image["key"]
     assert response.json()["image"] == {"id": image["id"], "name": "debian-13"}
@@ -79,8 +79,8 @@ def test_refused_session_is_consumed_too(admin, agent, image):
 
 
 def test_unknown_session(admin, agent, image):
-    response, _, _ = agent.handshake(admin, measurement(1), session_id="00000000-0000-4000-8000-000000000000",
-                                     nonce=bytes(32))
+    response, _key, _body = agent.handshake(admin, measurement(1), session_id="00000000-0000-4000-8000-000000000000",
+                                            nonce=bytes(32))
     refused(response, "session.unknown")
 
 
@@ -88,8 +88,8 @@ def test_unknown_session(admin, agent, image):
 def test_expired_nonce(admin, agent, image):
     challenge = admin.post("/attest/challenge").json()
     time.sleep(3.3)  # the fixture's server runs with --nonce-ttl 3
-    response, _, _ = agent.handshake(admin, measurement(1), session_id=challenge["session_id"],
-                                     nonce=base64.b64decode(challenge["nonce"]))
+    response, _key, _body = agent.handshake(admin, measurement(1), session_id=challenge["session_id"],
+                                            nonce=base64.b64decode(challenge["nonce"]))
     refused(response, "session.expired")
 
 
@@ -100,7 +100,8 @@ def test_report_data_not_bound_to_this_key(admin, agent, image):
 def test_report_data_bound_to_another_nonce(admin, agent, image):
     other = base64.b64decode(admin.post("/attest/challenge").json()["nonce"])
     challenge = admin.post("/attest/challenge").json()
-    response, _, _ = agent.handshake(admin, measurement(1), session_id=challenge["session_id"], nonce=other)
+    response, _key, _body = agent.handshake(admin, measurement(1), session_id=challenge["session_id"],
+                                            nonce=other)
     refused(response, "report_data")
 
 
@@ -116,7 +117,7 @@ def test_tcb_below_image_minimum(admin, agent, sim):
     response = register(admin, "needs-new-tcb", {"1": measurement(3).hex()}, os.urandom(32),
                         min_tcb={"bootloader": 9, "tee": 0, "snp": 24, "microcode": 72})
     assert response.status_code == 201, response.text
-    response, _, _ = agent.handshake(admin, measurement(3))
+    response, _key, _body = agent.handshake(admin, measurement(3))
     refused(response, "min_tcb.current")
     assert "snp" in response.json()["error"]["message"]
 
@@ -156,8 +157,8 @@ def test_server_generated_id_keys(admin, agent):
     # Without the ID block the firmware would report no ID key: refused.
     refused(agent.handshake(admin, measurement(6), family_id=family, image_id=image_id, guest_svn=2)[0],
             "id_key_digest")
-    response, opened, _ = agent.handshake(admin, measurement(6), id_key_digest=digest, family_id=family,
-                                          image_id=image_id, guest_svn=2)
+    response, opened, _body = agent.handshake(admin, measurement(6), id_key_digest=digest, family_id=family,
+                                              image_id=image_id, guest_svn=2)
     assert response.status_code == 200, response.text
     assert bytes(opened) == key
     refused(agent.handshake(admin, measurement(6), id_key_digest=digest, family_id=family, image_id=image_id,
@@ -333,7 +334,7 @@ def test_without_simulated_root_the_chain_is_refused_and_rate_limited(tmp_path: 
         with proc.client() as client:
             assert client.get("/public/info").json()["trusts_simulated_root"] is False
             refused(Agent(sim).handshake(client, measurement(1))[0], "ark.pinned")
-            statuses = [client.post("/attest/challenge").status_code for _ in range(3)]
+            statuses = [client.post("/attest/challenge").status_code for _attempt in range(3)]
             assert statuses == [200, 200, 429]
             limited = client.post("/attest/challenge")
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
