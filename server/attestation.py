@@ -45,7 +45,7 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
 from . import kek, ratelimit
 from .context import ServerContext
-from .db import HotSql, audit, autocommit, now_ms, read_tx, write_tx
+from .db import HotSql, audit, autocommit, hot_batch, now_ms, read_tx, write_tx
 from .errors import ApiError
 from .images import expectations_for
 from .schemas import VerifyRequest
@@ -71,9 +71,12 @@ _CONSUME = HotSql("UPDATE attest_sessions SET consumed_at = :now WHERE id = :id 
 _RELEASED = HotSql("UPDATE images SET release_count = release_count + 1, last_release_at = :now "
                    "WHERE id = :id AND enabled = TRUE")
 _REFUSED = HotSql("UPDATE images SET refusal_count = refusal_count + 1 WHERE id = :id")
+_UNRELEASE = HotSql("UPDATE images SET release_count = release_count - 1 WHERE id = :id")
 _AUDIT = HotSql("INSERT INTO audit (at, source, session_id, image_id, image_name, measurement, reported_tcb, "
                 "result, check_name, message) VALUES (:at, :source, :session_id, :image_id, :image_name, "
-                ":measurement, :reported_tcb, :result, :check_name, :message)")
+                ":measurement, :reported_tcb, :result, :check_name, :message) RETURNING id")
+_AUDIT_REFUSED = HotSql("UPDATE audit SET result = 'refused', check_name = :check_name, message = :message "
+                        "WHERE id = :id")
 
 
 @dataclass
@@ -99,9 +102,16 @@ def challenge(ctx: ServerContext, source: str) -> dict[str, Any]:
     session_id = str(uuid.uuid4())
     nonce = os.urandom(NONCE_SIZE)
     expires = now + settings.nonce_ttl * 1000
+    calls = [(_INSERT_SESSION, {"id": session_id, "nonce": nonce, "source": source[:64], "created_at": now,
+                                "expires_at": expires})]
+    if settings.rate_limit > 0:
+        calls.append(ratelimit.hit_call(f"attest:{source}", settings.rate_window, now))
     with write_tx(ctx.engine) as conn:
-        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now)
-        _INSERT_SESSION(conn, id=session_id, nonce=nonce, source=source[:64], created_at=now, expires_at=expires)
+        results = hot_batch(conn, calls)
+        if settings.rate_limit > 0:
+            # Over the limit: raising rolls the new session back with the count.
+            ratelimit.refuse_if_over(results[1].scalar_one() - 1, settings.rate_limit, settings.rate_window, now)
+            ratelimit.maybe_sweep(conn, settings.rate_window, now)
         if random.random() < SWEEP_PROBABILITY:
             _SWEEP_SESSIONS(conn, before=now - KEEP_SESSIONS_MS)
     return {"session_id": session_id, "nonce": base64.b64encode(nonce).decode(), "expires_at": _iso(expires)}
@@ -205,28 +215,48 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
         finally:
             wipe(volume_key)
 
-    # 3. the decision, durable and atomic: consume, count, audit.
+    # 3. the decision, durable and atomic: count the request, consume the session, count the release or
+    # refusal, write the audit row -- one batch (one round trip on PostgreSQL).  If a concurrent request
+    # consumed the session or disabled the image meanwhile, the same transaction turns the release into
+    # that refusal before it commits.
     with write_tx(ctx.engine) as conn:
-        ratelimit.hit(conn, f"attest:{source}", settings.rate_limit, settings.rate_window, now, enforce=False)
+        calls: list[tuple[HotSql, dict[str, Any]]] = []
+        if settings.rate_limit > 0:
+            calls.append(ratelimit.hit_call(f"attest:{source}", settings.rate_window, now))
+        consume_at = release_at = None
         if session is not None:
-            consumed = _CONSUME(conn, now=now, id=req.session_id).rowcount
-            if not consumed and decision.check not in ("session.replayed",):
-                decision = Decision("session.replayed", "this session was used concurrently", decision.image,
-                                    decision.product)
-                sealed = None
+            consume_at = len(calls)
+            calls.append((_CONSUME, {"now": now, "id": req.session_id}))
         if decision.released:
-            counted = _RELEASED(conn, now=now, id=image.id).rowcount
-            if not counted:
-                decision = Decision("image.disabled", f"image {image.name!r} was disabled", image, decision.product)
-                sealed = None
-        if not decision.released and decision.image is not None:
-            _REFUSED(conn, id=decision.image.id)
-        _AUDIT(conn, at=now, source=source[:64], session_id=req.session_id if session is not None else None,
-               image_id=decision.image.id if decision.image is not None else None,
-               image_name=decision.image.name if decision.image is not None else None,
-               measurement=measurement, reported_tcb=_reported_tcb(report, decision.product),
-               result="released" if decision.released else "refused", check_name=decision.check,
-               message=None if decision.released else decision.message[:2000])
+            release_at = len(calls)
+            calls.append((_RELEASED, {"now": now, "id": image.id}))
+        elif decision.image is not None:
+            calls.append((_REFUSED, {"id": decision.image.id}))
+        calls.append((_AUDIT, {
+            "at": now, "source": source[:64], "session_id": req.session_id if session is not None else None,
+            "image_id": decision.image.id if decision.image is not None else None,
+            "image_name": decision.image.name if decision.image is not None else None,
+            "measurement": measurement, "reported_tcb": _reported_tcb(report, decision.product),
+            "result": "released" if decision.released else "refused", "check_name": decision.check,
+            "message": None if decision.released else decision.message[:2000]}))
+        results = hot_batch(conn, calls)
+        consumed = consume_at is None or results[consume_at].rowcount == 1
+        counted = release_at is None or results[release_at].rowcount == 1
+        late = None
+        if not consumed and decision.check != "session.replayed":
+            late = Decision("session.replayed", "this session was used concurrently", decision.image,
+                            decision.product)
+        elif not counted:
+            late = Decision("image.disabled", f"image {image.name!r} was disabled", image, decision.product)
+        if late is not None:
+            fixes = [(_AUDIT_REFUSED, {"id": results[-1].scalar_one(), "check_name": late.check,
+                                       "message": late.message})]
+            if decision.released and late.image is not None:
+                fixes.append((_REFUSED, {"id": late.image.id}))
+                if counted:
+                    fixes.append((_UNRELEASE, {"id": late.image.id}))
+            hot_batch(conn, fixes)
+            decision, sealed = late, None
 
     if not decision.released or sealed is None:
         raise ApiError(403, "attestation_refused", decision.message, check=decision.check)

@@ -56,6 +56,16 @@ def check(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int)
         raise _refuse(limit, window_s, window, now_ms)
 
 
+def hit_call(bucket: str, window_s: int, now_ms: int) -> tuple[HotSql, dict[str, object]]:
+    """The counting statement, for a caller that batches it with its own (see ``db.hot_batch``)."""
+    return _HIT, {"bucket": bucket[:128], "window": window_of(now_ms, window_s)}
+
+
+def maybe_sweep(conn: Connection, window_s: int, now_ms: int) -> None:
+    if random.random() < SWEEP_PROBABILITY:
+        _SWEEP(conn, window=window_of(now_ms, window_s) - 1)
+
+
 def hit(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int, *, enforce: bool = True) -> None:
     """Count one request for ``bucket``; raise 429 with Retry-After when over ``limit`` (0 = no limit)."""
     if limit <= 0:

@@ -342,3 +342,31 @@ def test_without_simulated_root_the_chain_is_refused_and_rate_limited(tmp_path: 
             assert client.get("/health").status_code == 200  # only /v1/attest/* is limited
     finally:
         proc.stop()
+
+
+def test_concurrent_replays_release_exactly_once(server, admin, agent, image):
+    """The same verify body sent 8 times at once: one release, seven refusals, one count, one audit release."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = admin.get(f"/images/{image['id']}").json()["release_count"]
+    challenge = admin.post("/attest/challenge").json()
+    nonce = base64.b64decode(challenge["nonce"])
+    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+
+    session = AgentSession()
+    report = agent.sim.report(measurement=measurement(1), report_data=session.report_data(nonce))
+    body = {"session_id": challenge["session_id"], "report": base64.b64encode(report).decode(),
+            "agent_public_key": base64.b64encode(session.public_key).decode(), "certs": agent.certs()}
+
+    def send(_index: int) -> httpx.Response:
+        with server.client() as client:
+            return client.post("/attest/verify", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(send, range(8)))
+    assert sorted(r.status_code for r in responses) == [200] + [403] * 7
+    assert {r.json()["error"]["check"] for r in responses if r.status_code == 403} == {"session.replayed"}
+    assert admin.get(f"/images/{image['id']}").json()["release_count"] == before + 1
+    decisions = [e for e in admin.get("/audit", params={"limit": 50}).json()["items"]
+                 if e["session_id"] == challenge["session_id"]]
+    assert sorted(e["result"] for e in decisions) == ["refused"] * 7 + ["released"]

@@ -45,6 +45,29 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, postgres: Postgres, sim,
                 assert bytes(opened) == key
                 replay = first.post("/attest/verify", json=body)  # the other replica consumed it
                 assert replay.status_code == 403 and replay.json()["error"]["check"] == "session.replayed"
+            # The same verify body to both replicas at once, 8 times: exactly one release.
+            from concurrent.futures import ThreadPoolExecutor
+
+            response, _key, body = agent.handshake(ca, measurement, verify_client=cb)
+            assert response.status_code == 200
+            challenge = ca.post("/attest/challenge").json()
+            body = dict(body, session_id=challenge["session_id"])
+            from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+
+            session = AgentSession()
+            import base64 as b64
+
+            report = sim.report(measurement=measurement, report_data=session.report_data(
+                b64.b64decode(challenge["nonce"])))
+            body.update(report=b64.b64encode(report).decode(),
+                        agent_public_key=b64.b64encode(session.public_key).decode())
+
+            def send(index: int) -> int:
+                with (a if index % 2 else b).client() as client:
+                    return client.post("/attest/verify", json=body).status_code
+
+            with ThreadPoolExecutor(8) as pool:
+                assert sorted(pool.map(send, range(8))) == [200] + [403] * 7
             revoked = ca.post("/tokens", json={"name": "temp"}).json()
             assert cb.delete(f"/tokens/{revoked['id']}").status_code == 200
             with a.client(revoked["token"]) as stale:
@@ -52,9 +75,9 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, postgres: Postgres, sim,
             audit_a = ca.get("/audit", params={"image": "replicated"}).json()["items"]
             audit_b = cb.get("/audit", params={"image": "replicated"}).json()["items"]
             assert audit_a == audit_b
-            assert [e["result"] for e in audit_a].count("released") == 3
-            assert [e["check"] for e in audit_a].count("session.replayed") == 3
-            assert ca.get(f"/images/{registered.json()['id']}").json()["release_count"] == 3
+            assert [e["result"] for e in audit_a].count("released") == 5
+            assert [e["check"] for e in audit_a].count("session.replayed") == 3 + 7
+            assert ca.get(f"/images/{registered.json()['id']}").json()["release_count"] == 5
             for proc in (a, b):
                 assert proc.proc.poll() is None
                 assert "Traceback" not in proc.log()
