@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from ..plugins.module_utils.snp.errors import SnpError
-from . import id_block, measure, report, server
+from . import id_block, keyrelease, measure, report, server
 
-SUBCOMMANDS = (measure, id_block, report, server)
+SUBCOMMANDS = (measure, id_block, report, server, keyrelease)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,504 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""``snpguard config|image|token``: the key-release server from a terminal.
+
+``snpguard config login`` pins the server's CA on first use (it shows the SHA-256
+fingerprint and asks, or takes ``--yes``/``--ca-sha256``), checks the API token, and
+stores URL, token and CA in ``~/.config/snpguard/config.json`` (0600) and ``ca.pem``.
+Every other command reads that file; ``--url``, ``--token``, ``--ca-file`` and the
+variables ``SNPGUARD_URL``, ``SNPGUARD_TOKEN``, ``SNPGUARD_CA_FILE`` override it.
+Output is for people, or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ..plugins.module_utils import image_registration
+from ..plugins.module_utils.fileio import atomic_write
+from ..plugins.module_utils.keyrelease_client import (
+    ApiError,
+    KeyReleaseClient,
+    ca_fingerprint_pem,
+    fetch_server_ca,
+    normalize_url,
+    token_id,
+)
+from ..plugins.module_utils.snp.errors import SnpError
+
+POLICY_FLAGS = ("allow_debug", "smt", "single_socket", "migrate_ma", "cxl_allow")
+TCB_NAMES = ("bootloader", "tee", "snp", "microcode", "fmc")
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def config_path(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("SNPGUARD_CONFIG"):
+        return os.environ["SNPGUARD_CONFIG"]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "snpguard", "config.json")
+
+
+def load_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SnpError(f"cannot read the client configuration: {exc}", field="config", path=path) from exc
+    if not isinstance(values, dict):
+        raise SnpError("must be a JSON object", field="config", path=path)
+    return values
+
+
+def save_config(path: str, values: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    atomic_write(path, (json.dumps(values, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+
+
+def client_from(args: argparse.Namespace, *, need_token: bool = True) -> KeyReleaseClient:
+    config = load_config(config_path(args.config))
+    url = args.url or os.environ.get("SNPGUARD_URL") or config.get("url")
+    token = args.token or os.environ.get("SNPGUARD_TOKEN") or config.get("token")
+    ca_file = args.ca_file or os.environ.get("SNPGUARD_CA_FILE") or config.get("ca_file")
+    if not url:
+        raise SnpError("no server configured: run 'snpguard config login --url URL --token TOKEN'", field="url")
+    if need_token and not token:
+        raise SnpError("no API token: run 'snpguard config login' or give --token", field="token")
+    return KeyReleaseClient(url, token, ca_file=ca_file)
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server (default: the saved configuration)")
+    group.add_argument("--url", metavar="URL", help="server URL, e.g. https://keys.example:8443")
+    group.add_argument("--token", metavar="TOKEN", help="API token (better: SNPGUARD_TOKEN or config login)")
+    group.add_argument("--ca-file", metavar="FILE", help="pinned CA certificate (PEM)")
+    group.add_argument("--config", metavar="FILE", help="client configuration (default ~/.config/snpguard/config.json)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SnpError("refusing without a terminal to confirm on; add --yes", field="yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+# -- parsers ---------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    config = subparsers.add_parser("config", help="the key-release server this CLI talks to")
+    config_actions = config.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+    login = config_actions.add_parser("login", help="pin the server's CA, check the token, save the configuration")
+    login.add_argument("--url", required=True, metavar="URL")
+    login.add_argument("--token", required=True, metavar="TOKEN")
+    login.add_argument("--ca-file", metavar="FILE", help="trust this CA (PEM) instead of trusting on first use")
+    login.add_argument("--ca-sha256", metavar="HEX", help="the CA fingerprint you expect (no question asked)")
+    login.add_argument("--yes", action="store_true", help="trust the presented CA without asking")
+    login.add_argument("--config", metavar="FILE", help="where to save (default ~/.config/snpguard/config.json)")
+    login.add_argument("--json", action="store_true")
+    login.set_defaults(handler=_login)
+    show = config_actions.add_parser("show", help="the saved configuration (never the token's secret)")
+    show.add_argument("--config", metavar="FILE")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_config_show)
+
+    image = subparsers.add_parser("image", help="register and manage images on the key-release server")
+    actions = image.add_subparsers(dest="image_action", metavar="ACTION", required=True)
+    reg = actions.add_parser("register", help="register an image (idempotent; --check says what would change)")
+    reg.add_argument("name", metavar="NAME")
+    reg.add_argument("--measurement", dest="measurements", action="append", required=True, metavar="[VCPUS=]HEX",
+                     help="launch measurement (96 hex digits), per vCPU count; repeatable (default 1 vCPU)")
+    reg.add_argument("--vcpu-type", metavar="TYPE")
+    reg.add_argument("--policy", action="append", metavar="NAME=VALUE",
+                     help=f"policy constraint ({', '.join(POLICY_FLAGS)}=true|false, min_abi=MAJOR.MINOR)")
+    reg.add_argument("--min-tcb", action="append", metavar="COMPONENT=N", help=f"{', '.join(TCB_NAMES)}; repeatable")
+    reg.add_argument("--id-key-digest", dest="id_key_digests", action="append", metavar="HEX")
+    reg.add_argument("--author-key-digest", dest="author_key_digests", action="append", metavar="HEX")
+    reg.add_argument("--generate-id-keys", action="store_true", help="the server signs ID blocks with its own key")
+    reg.add_argument("--family-id", metavar="HEX")
+    reg.add_argument("--image-id", metavar="HEX")
+    reg.add_argument("--guest-svn", type=int, metavar="N")
+    reg.add_argument("--host-data", metavar="HEX")
+    key = reg.add_mutually_exclusive_group(required=True)
+    key.add_argument("--sealed-key-file", dest="sealed_volume_key_file", metavar="FILE",
+                     help="volume key already sealed to the server's ingestion key (raw or base64)")
+    key.add_argument("--sealed-key", dest="sealed_volume_key", metavar="B64")
+    key.add_argument("--volume-key-file", metavar="FILE",
+                     help="raw volume key: sealed here in memory, never sent in plaintext")
+    reg.add_argument("--kernel", metavar="FILE")
+    reg.add_argument("--initrd", metavar="FILE")
+    reg.add_argument("--cmdline", metavar="TEXT")
+    reg.add_argument("--firmware", metavar="FILE", help="OVMF image (its SHA-384 goes into the bundle)")
+    reg.add_argument("--firmware-sha384", metavar="HEX")
+    reg.add_argument("--launch", metavar="FILE", help="launch.json content for the bundle")
+    reg.add_argument("--bundle", metavar="FILE", help="a prebuilt launch bundle instead of kernel/initrd")
+    reg.add_argument("--replace", action="store_true", help="replace an image of this name with other content")
+    reg.add_argument("--disabled", action="store_true", help="register it disabled")
+    reg.add_argument("--check", action="store_true", help="only say what would change")
+    _connection(reg)
+    reg.set_defaults(handler=_image_register)
+
+    listing = actions.add_parser("list", help="registered images")
+    _connection(listing)
+    listing.set_defaults(handler=_image_list)
+    for name, helptext, handler in (("show", "one image (by name or id)", _image_show),
+                                    ("enable", "release keys to this image again", _image_enable),
+                                    ("disable", "stop releasing keys to this image", _image_disable),
+                                    ("delete", "delete an image and its keys", _image_delete)):
+        sub = actions.add_parser(name, help=helptext)
+        sub.add_argument("image", metavar="NAME|ID")
+        if name == "delete":
+            sub.add_argument("--yes", action="store_true", help="do not ask")
+        _connection(sub)
+        sub.set_defaults(handler=handler)
+    bundle = actions.add_parser("bundle", help="download the launch-artifacts bundle (tar.gz)")
+    bundle.add_argument("image", metavar="NAME|ID")
+    bundle.add_argument("-o", "--output", metavar="FILE", help="default NAME.bundle.tar.gz here")
+    _connection(bundle)
+    bundle.set_defaults(handler=_image_bundle)
+
+    token = subparsers.add_parser("token", help="API tokens of the key-release server")
+    token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    create = token_actions.add_parser("create", help="create an API token (printed once)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--expires-at", metavar="ISO8601")
+    create.add_argument("--master-password-file", metavar="FILE",
+                        help="authenticate with the master password (a fresh server's first token); "
+                             "or set SNPGUARD_MASTER_PASSWORD")
+    _connection(create)
+    create.set_defaults(handler=_token_create)
+    tlist = token_actions.add_parser("list", help="API tokens (never their secrets)")
+    _connection(tlist)
+    tlist.set_defaults(handler=_token_list)
+    revoke = token_actions.add_parser("revoke", help="revoke an API token")
+    revoke.add_argument("token_ref", metavar="ID|TOKEN")
+    _connection(revoke)
+    revoke.set_defaults(handler=_token_revoke)
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def _login(args: argparse.Namespace) -> int:
+    url = normalize_url(args.url)
+    path = config_path(args.config)
+    directory = os.path.dirname(os.path.abspath(path))
+    pem: str | None = None
+    if args.ca_file:
+        try:
+            with open(args.ca_file, encoding="ascii") as handle:
+                pem = handle.read()
+        except (OSError, ValueError) as exc:
+            raise SnpError(f"cannot read the CA: {exc}", field="ca_file", path=args.ca_file) from exc
+        fingerprint = ca_fingerprint_pem(pem)
+        how = f"given in {args.ca_file}"
+    elif url.startswith("https://"):
+        pem, fingerprint, length = fetch_server_ca(url)
+        how = f"presented by the server (top of a chain of {length})"
+    else:
+        fingerprint, how = None, "none: PLAIN HTTP, nothing is encrypted or authenticated"
+    out = sys.stderr if args.json else sys.stdout
+    print(f"server:  {url}", file=out)
+    print(f"CA:      {how}", file=out)
+    if fingerprint:
+        print(f"SHA-256: {fingerprint}", file=out)
+    if pem and not args.ca_file:
+        expected = (args.ca_sha256 or "").lower().replace(":", "").strip()
+        if expected:
+            if expected != fingerprint:
+                raise SnpError(f"the server presents CA {fingerprint}, not the expected {expected}", field="ca_sha256")
+        elif not _confirm("Trust this CA for this server?", args.yes):
+            print("not saved", file=out)
+            return 1
+    ca_file = None
+    if pem:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        ca_file = os.path.join(directory, "ca.pem")
+        staged = ca_file + ".new"
+        atomic_write(staged, pem.encode(), mode=0o644)
+    try:
+        client = KeyReleaseClient(url, args.token, ca_file=ca_file + ".new" if ca_file else None)
+        info = client.public_info()
+        tokens = client.list_tokens()  # proves the token (any admin GET would)
+    except BaseException:
+        if ca_file:
+            os.unlink(ca_file + ".new")
+        raise
+    if ca_file:
+        os.replace(ca_file + ".new", ca_file)
+    published = info.get("tls_ca_sha256")
+    if fingerprint and published and published != fingerprint:
+        print(f"warning: the server publishes CA {published}; pinned {fingerprint} (an operator-supplied chain?)",
+              file=sys.stderr)
+    ident = token_id(args.token)
+    values = {"url": url, "token": args.token, "ca_file": ca_file, "ca_sha256": fingerprint}
+    save_config(path, values)
+    summary = {"url": url, "ca_file": ca_file, "ca_sha256": fingerprint, "token_id": ident, "config": path,
+               "server_version": info.get("version"), "tokens": len(tokens)}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"logged in: token {ident or '?'}, server {info.get('version')}; configuration saved to {path} (0600)")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    config = load_config(path)
+    if not config:
+        raise SnpError("no configuration saved: run 'snpguard config login'", field="config", path=path)
+    shown = {"config": path, "url": config.get("url"), "ca_file": config.get("ca_file"),
+             "ca_sha256": config.get("ca_sha256"), "token_id": token_id(config.get("token") or "")}
+    if args.json:
+        _print_json(shown)
+    else:
+        for key, value in shown.items():
+            print(f"{key + ':':11}{value if value is not None else '-'}")
+    return 0
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+
+def _bool(text: str, field: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SnpError(f"{text!r} is not true or false", field=field)
+
+
+def _pairs(items: list[str] | None, field: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SnpError(f"{item!r} is not NAME=VALUE", field=field)
+        out.append((name.strip().replace("-", "_"), value.strip()))
+    return out
+
+
+def registration_options(args: argparse.Namespace) -> dict[str, Any]:
+    measurements: dict[str, str] = {}
+    for item in args.measurements:
+        vcpus, sep, value = item.rpartition("=")
+        vcpus = vcpus if sep else "1"
+        if vcpus in measurements:
+            raise SnpError(f"two measurements for {vcpus} vCPUs", field="measurement")
+        measurements[vcpus] = value
+    policy: dict[str, Any] = {}
+    for name, value in _pairs(args.policy, "policy"):
+        if name == "min_abi":
+            policy[name] = value
+        elif name in POLICY_FLAGS:
+            policy[name] = _bool(value, f"policy.{name}")
+        else:
+            raise SnpError(f"unknown policy constraint {name!r} (known: {', '.join(POLICY_FLAGS)}, min_abi)",
+                           field="policy")
+    min_tcb: dict[str, int] = {}
+    for name, value in _pairs(args.min_tcb, "min_tcb"):
+        if name not in TCB_NAMES or not value.isdigit():
+            raise SnpError(f"{name}={value} is not COMPONENT=N ({', '.join(TCB_NAMES)})", field="min_tcb")
+        min_tcb[name] = int(value)
+    options = {k: getattr(args, k) for k in (
+        "name", "vcpu_type", "id_key_digests", "author_key_digests", "generate_id_keys", "family_id", "image_id",
+        "guest_svn", "host_data", "sealed_volume_key", "sealed_volume_key_file", "volume_key_file", "kernel",
+        "initrd", "cmdline", "firmware", "firmware_sha384", "launch", "bundle", "replace")}
+    options.update(measurements=measurements, policy=policy, min_tcb=min_tcb, state="present",
+                   enabled=False if args.disabled else None)
+    return options
+
+
+def _image_line(image: dict[str, Any]) -> str:
+    vcpus = ",".join(str(m["vcpus"]) for m in image["measurements"])
+    state = "enabled" if image["enabled"] else "DISABLED"
+    return (f"{image['name']:<28} {image['id']}  {state:<8}  vcpus {vcpus:<8} released {image['release_count']}"
+            f"  refused {image['refusal_count']}")
+
+
+def _print_image(image: dict[str, Any]) -> None:
+    print(f"name:           {image['name']}")
+    print(f"id:             {image['id']}")
+    print(f"enabled:        {'yes' if image['enabled'] else 'NO'}")
+    for m in image["measurements"]:
+        print(f"measurement:    {m['vcpus']} vCPU{'s' if m['vcpus'] != 1 else ''}: {m['measurement']}"
+              + ("  (ID block)" if m.get("id_block") else ""))
+    policy = ", ".join(f"{k}={v}" for k, v in sorted(image["policy"].items()) if v is not None)
+    print(f"policy:         {policy or '-'}")
+    tcb = image.get("min_tcb")
+    print(f"min TCB:        {', '.join(f'{k}={v}' for k, v in tcb.items()) if tcb else '-'}")
+    for label, key in (("vCPU type", "vcpu_type"), ("family id", "family_id"), ("image id", "image_id"),
+                       ("guest SVN", "guest_svn"), ("host data", "host_data"),
+                       ("server ID key", "generated_id_key_digest"), ("bundle sha256", "bundle_sha256"),
+                       ("content sha256", "content_sha256")):
+        value = image.get(key)
+        print(f"{label + ':':16}{value if value is not None else '-'}")
+    for label, key in (("ID keys", "id_key_digests"), ("author keys", "author_key_digests")):
+        print(f"{label + ':':16}{', '.join(image.get(key) or []) or '-'}")
+    print(f"releases:       {image['release_count']} (refusals {image['refusal_count']}, "
+          f"last {image.get('last_release_at') or '-'})")
+    print(f"created:        {image['created_at']}  updated {image['updated_at']}")
+
+
+def _image_register(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    result = image_registration.apply(client, registration_options(args), check_mode=args.check)
+    if args.json:
+        _print_json(result)
+        return 0
+    action = result["action"]
+    words = {"create": "would be created", "replace": "would be replaced", "none": "is registered as given",
+             "created": "registered", "replaced": "replaced", "unchanged": "already registered as given (unchanged)"}
+    name = args.name
+    print(f"image {name}: {words.get(action, action)}"
+          + (f" (id {result['id']})" if result.get("id") else ""))
+    before, after = result["diff"]["before"], result["diff"]["after"]
+    for key in sorted(set(before) | set(after)):
+        if before and before.get(key) != after.get(key):
+            print(f"  {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
+    if args.check and result["action"] != "create":
+        print("  (check mode cannot compare the volume key; the server does at registration)")
+    return 0
+
+
+def _image_list(args: argparse.Namespace) -> int:
+    images = client_from(args).list_images()
+    if args.json:
+        _print_json(images)
+    elif not images:
+        print("no images registered")
+    else:
+        for image in images:
+            print(_image_line(image))
+    return 0
+
+
+def _image_show(args: argparse.Namespace) -> int:
+    image = client_from(args).resolve_image(args.image)
+    if args.json:
+        _print_json(image)
+    else:
+        _print_image(image)
+    return 0
+
+
+def _set_enabled(args: argparse.Namespace, enabled: bool) -> int:
+    client = client_from(args)
+    image = client.resolve_image(args.image)
+    changed = bool(image["enabled"]) != enabled
+    if changed:
+        image = client.set_image_enabled(image["id"], enabled)
+    if args.json:
+        _print_json(dict(image, changed=changed))
+    else:
+        state = "enabled" if enabled else "disabled"
+        print(f"image {image['name']}: {state}" + ("" if changed else " (already)"))
+    return 0
+
+
+def _image_enable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, True)
+
+
+def _image_disable(args: argparse.Namespace) -> int:
+    return _set_enabled(args, False)
+
+
+def _image_delete(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    image = client.resolve_image(args.image)
+    if not _confirm(f"Delete image {image['name']} ({image['id']}) and its volume key? VMs of this image will "
+                    "no longer unlock.", args.yes):
+        print("not deleted")
+        return 1
+    out = client.delete_image(image["id"])
+    if args.json:
+        _print_json(dict(out, name=image["name"]))
+    else:
+        print(f"image {image['name']} ({image['id']}) deleted")
+    return 0
+
+
+def _image_bundle(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    image = client.resolve_image(args.image)
+    data, digest = client.bundle(image["id"])
+    path = args.output or f"{image['name']}.bundle.tar.gz"
+    atomic_write(path, data, mode=0o644)
+    if args.json:
+        _print_json({"path": path, "sha256": digest, "size": len(data), "image": image["name"], "id": image["id"]})
+    else:
+        print(f"{path}: {len(data)} bytes, sha256 {digest}")
+    return 0
+
+
+# -- tokens ----------------------------------------------------------------------------------------
+
+
+def _master_password(args: argparse.Namespace) -> str | None:
+    if args.master_password_file:
+        try:
+            with open(args.master_password_file, encoding="utf-8") as handle:
+                return handle.readline().strip()
+        except OSError as exc:
+            raise SnpError(f"cannot read: {exc.strerror}", field="master_password_file",
+                           path=args.master_password_file) from exc
+    return os.environ.get("SNPGUARD_MASTER_PASSWORD") or None
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    password = _master_password(args)
+    client = client_from(args, need_token=password is None)
+    created = client.create_token(args.name, args.expires_at, master_password=password)
+    if args.json:
+        _print_json(created)
+    else:
+        print(created["token"])
+        expiry = f", expires {created['expires_at']}" if created.get("expires_at") else ""
+        print(f"token {created['id']} ({created['name']}{expiry}) created; it is shown only this once",
+              file=sys.stderr)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    tokens = client_from(args).list_tokens()
+    if args.json:
+        _print_json(tokens)
+    elif not tokens:
+        print("no tokens")
+    else:
+        for t in tokens:
+            print(f"{t['id']}  {t['state']:<8} {t['name']:<24} created {t['created_at']}"
+                  f"  expires {t.get('expires_at') or '-'}  last used {t.get('last_used_at') or '-'}")
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    try:
+        out = client.revoke_token(args.token_ref)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise SnpError(f"no token {args.token_ref!r}", field="id") from exc
+        raise
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"token {out['id']} revoked")
+    return 0
