@@ -83,6 +83,7 @@ TARGET_RATE = 300.0
 TARGET_P99_MS = 100.0
 MEASUREMENT = bytes.fromhex("5e" * 48)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
 
 
 @dataclass
@@ -408,7 +409,10 @@ def report(result: Result, base: float) -> None:
           + (f", PostgreSQL {result.database_cpu_s * per:.2f} ms" if result.backend == "postgresql" else "")
           + f"; agents used {100 * result.agent_cpu_s / result.seconds:.0f}% of one core; machine "
           f"{result.machine_busy_pct:.0f}% busy (other processes: "
-          f"{max(0.0, result.machine_busy_pct * 2 / 100 - cpu * result.rate / 1000):.2f} cores)")
+          f"{max(0.0, result.machine_busy_pct * CORES / 100 - cpu * result.rate / 1000):.2f} cores)")
+    if result.mode == "closed":
+        print(f"{'':10s} CPU bound on a dedicated {CORES}-core machine: {CORES * 1000 / cpu:.0f} handshakes/s "
+              f"({cpu:.2f} ms of CPU per handshake, all processes)")
 
 
 def main() -> int:

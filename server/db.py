@@ -255,7 +255,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             # Let SQLAlchemy's "begin" event decide how transactions start (the pysqlite recipe).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+            # No automatic checkpoints: the commit that crossed the threshold would copy and fsync the
+            # database file while holding the write lock (tens of ms of tail latency for every waiting
+            # writer).  The server checkpoints in the background instead (WalCheckpointer); SQLite still
+            # checkpoints when the last connection closes.
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000",
+                           "wal_autocheckpoint=0"):
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
@@ -313,6 +318,33 @@ def _write_lock(engine: Engine) -> SqliteWriteLock | None:
         if lock is None:
             lock = _WRITE_LOCKS[path] = SqliteWriteLock(path)
         return lock
+
+
+class WalCheckpointer:
+    """Background PASSIVE checkpoints of an SQLite WAL (they never block readers or writers)."""
+
+    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
+        self.engine, self.interval = engine, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+
+    def start(self) -> WalCheckpointer:
+        if self.engine.dialect.name == "sqlite":
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.connect() as conn:
+                    conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+            except Exception:  # a missed checkpoint is retried next time; never let the thread die
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
 
 
 @contextlib.contextmanager
