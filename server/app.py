@@ -24,6 +24,7 @@ from .api import router as api_router
 from .config import Settings
 from .context import ServerContext, build_context
 from .db import WalCheckpointer
+from .fastpath import AttestFastPath
 from .limits import BodyLimitMiddleware
 from .tls import TlsFiles
 
@@ -83,7 +84,8 @@ def create_app(settings: Settings, *, tls: TlsFiles | None = None, ctx: ServerCo
     from .web import install as install_web
 
     install_web(app, ctx)
-    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(AttestFastPath, ctx=ctx)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)  # added last: runs first
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

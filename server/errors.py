@@ -67,9 +67,12 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _is_driver_error(exc: Exception) -> bool:
-    """A raw DBAPI error (the hot path's statements are not wrapped by SQLAlchemy)."""
-    return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg") and isinstance(exc, Exception) and \
+def is_database_error(exc: BaseException) -> bool:
+    """The database is unreachable or failing: SQLAlchemy's wrapped errors, or a raw DBAPI error
+    (the hot path's statements are not wrapped by SQLAlchemy)."""
+    if isinstance(exc, DBAPIError):
+        return True
+    return type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg") and \
         type(exc).__name__ in ("OperationalError", "InterfaceError", "DatabaseError")
 
 
@@ -118,7 +121,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        if _is_driver_error(exc):
+        if is_database_error(exc):
             return _database_unavailable(exc)
         log.exception("unexpected error", exc_info=exc)
         return error_response(500, "internal_error", "internal error (logged on the server)")
