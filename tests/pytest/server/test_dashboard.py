@@ -226,7 +226,7 @@ def test_images_page_shows_the_image(web: httpx.Client, image: dict) -> None:
 
 
 def test_every_state_change_needs_the_session_csrf_token(server: ServerProcess, password: str, web: httpx.Client,
-                                                        image: dict, admin: httpx.Client) -> None:
+                                                         image: dict, admin: httpx.Client) -> None:
     token_page = web.post("/tokens", data={"name": "csrf-victim", "csrf": csrf_of(web.get("/tokens").text)})
     victim_id = re.search(r"<code>([0-9a-f]{16})</code>", token_page.text).group(1)
     with web_client(server) as other:  # another admin session: its token is valid, but not for this session
@@ -248,7 +248,7 @@ def test_every_state_change_needs_the_session_csrf_token(server: ServerProcess, 
 
 
 def test_disable_and_enable_change_what_attestation_releases(web: httpx.Client, image: dict, admin: httpx.Client,
-                                                           sim, volume_key: bytes) -> None:
+                                                             sim, volume_key: bytes) -> None:
     agent = Agent(sim)
     csrf = csrf_of(web.get("/images").text)
     response = web.post(f"/images/{image['id']}/disable", data={"csrf": csrf})
