@@ -43,6 +43,7 @@ from ..plugins.module_utils.snp.cert_table import parse_cert_table
 from ..plugins.module_utils.snp.checks import VerificationError
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
+from ..plugins.module_utils.snp.validate import Expectations
 from . import kek, ratelimit
 from .context import ServerContext
 from .db import HotSql, audit, autocommit, hot_batch, now_ms, read_tx, write_tx
@@ -163,8 +164,6 @@ def _decide(ctx: ServerContext, req: VerifyRequest, session: Any, report: Attest
         if spec is not None:
             expect = expectations_for(spec, generated, report.measurement, binding)
         else:
-            from ..plugins.module_utils.snp.validate import Expectations
-
             expect = Expectations(report_data=binding, vmpl=0)
         result = attest(report, collateral, ctx.trust(), expect)
     except VerificationError as exc:
