@@ -1,0 +1,78 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Controller side of the server role: pack the collection as an installable source archive.
+
+    python make_source_archive.py SOURCE_DIR DEST.tar.gz
+
+Only what ``pip install`` needs (pyproject.toml and the package directories) goes in,
+with fixed times, owners and modes, so the same source gives the same bytes and the
+role's copy reports no change.  Prints JSON: path, sha256, version, files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+
+INCLUDE = ("pyproject.toml", "galaxy.yml", "README.md", "LICENSE", "requirements.txt", "requirements-server.txt",
+           "meta", "plugins", "roles", "playbooks", "cli", "server", "docs")
+SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+
+def files_of(source):
+    for name in INCLUDE:
+        path = os.path.join(source, name)
+        if os.path.isfile(path):
+            yield name
+        elif os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+                for item in sorted(names):
+                    if item.endswith((".pyc", ".pyo")):
+                        continue
+                    full = os.path.join(root, item)
+                    if os.path.isfile(full) and not os.path.islink(full):
+                        yield os.path.relpath(full, source)
+
+
+def main(argv):
+    source, dest = argv[1], argv[2]
+    with open(os.path.join(source, "pyproject.toml"), encoding="utf-8") as handle:
+        match = re.search(r'^version\s*=\s*"([^"]+)"', handle.read(), re.M)
+    version = match.group(1) if match else "0"
+    top = f"snpguard_cvm-{version}"
+    raw = io.BytesIO()
+    count = 0
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in sorted(files_of(source)):
+            full = os.path.join(source, rel)
+            info = tarfile.TarInfo(f"{top}/{rel}")
+            info.size = os.path.getsize(full)
+            info.mode = 0o755 if os.access(full, os.X_OK) else 0o644
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(full, "rb") as handle:
+                tar.addfile(info, handle)
+            count += 1
+    packed = io.BytesIO()
+    with gzip.GzipFile(fileobj=packed, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+    data = packed.getvalue()
+    tmp = dest + ".tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, dest)
+    print(json.dumps({"path": dest, "sha256": hashlib.sha256(data).hexdigest(), "version": version,
+                      "files": count}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
