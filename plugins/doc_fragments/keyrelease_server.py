@@ -16,7 +16,7 @@ options:
     required: true
   token:
     description:
-      - API token (C(sgt_...)) sent as C(Authorization: Bearer).
+      - API token (C(sgt_...)), sent in the C(Authorization) header as a bearer token.
       - If not set, the environment variable E(SNPGUARD_TOKEN) is used.
     type: str
   ca_file:
@@ -37,5 +37,5 @@ options:
     default: 60
 notes:
   - The module talks to the server from the host it runs on; normally that is the controller
-    (C(delegate_to: localhost)).
+    (C(delegate_to=localhost)).
 """

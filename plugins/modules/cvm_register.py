@@ -50,7 +50,7 @@ options:
     type: bool
   measurements:
     description:
-      - Launch measurement (96 hex digits) per vCPU count, for example C({1: "ab12...", 4: "cd34..."}).
+      - 'Launch measurement (96 hex digits) per vCPU count, for example C({1: "ab12...", 4: "cd34..."}).'
       - One of O(measurements) and O(measurement) is required with O(state=present).
     type: dict
   measurement:
@@ -161,8 +161,8 @@ options:
     type: dict
   id_blocks:
     description:
-      - ID block and ID auth block (base64, as QEMU takes them) per vCPU count, for the bundle, for example
-        C({1: {id_block: "...", id_auth: "..."}}). Not together with O(generate_id_keys).
+      - ID block and ID auth block (base64, as QEMU takes them) per vCPU count, for the bundle.
+      - 'For example C({1: {id_block: "...", id_auth: "..."}}). Not together with O(generate_id_keys).'
     type: dict
   bundle:
     description: A prebuilt launch bundle (tar.gz) instead of O(kernel) and O(initrd).
