@@ -59,8 +59,8 @@ _INSERT_SESSION = HotSql("INSERT INTO attest_sessions (id, nonce, source, create
                          "VALUES (:id, :nonce, :source, :created_at, :expires_at)")
 _SWEEP_SESSIONS = HotSql("DELETE FROM attest_sessions WHERE expires_at < :before")
 # Step 1 in one statement (one round trip): the rate-limit count, the session and the image, each maybe absent.
-_LOOKUP = HotSql("""
-    SELECT (SELECT rl."count" FROM rate_limits rl WHERE rl.bucket = :bucket AND rl."window" = :window) AS rate_count,
+_LOOKUP = HotSql(f"""
+    SELECT ({ratelimit.COUNT_SQL}) AS rate_count,
            s.nonce AS nonce, s.expires_at AS expires_at, s.consumed_at AS consumed_at,
            i.id AS id, i.name AS name, i.enabled AS enabled, i.spec AS spec, i.volume_key_enc AS volume_key_enc,
            i.id_key_digest AS id_key_digest
@@ -107,11 +107,12 @@ def challenge(ctx: ServerContext, source: str) -> dict[str, Any]:
                                 "expires_at": expires})]
     if settings.rate_limit > 0:
         calls.append(ratelimit.hit_call(f"attest:{source}", settings.rate_window, now))
+        calls.append(ratelimit.count_call(f"attest:{source}", settings.rate_window, now))
     with write_tx(ctx.engine) as conn:
         results = hot_batch(conn, calls)
         if settings.rate_limit > 0:
             # Over the limit: raising rolls the new session back with the count.
-            ratelimit.refuse_if_over(results[1].scalar_one() - 1, settings.rate_limit, settings.rate_window, now)
+            ratelimit.refuse_if_over(results[2].scalar() - 1, settings.rate_limit, settings.rate_window, now)
             ratelimit.maybe_sweep(conn, settings.rate_window, now)
         if random.random() < SWEEP_PROBABILITY:
             _SWEEP_SESSIONS(conn, before=now - KEEP_SESSIONS_MS)
@@ -193,11 +194,9 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
     measurement = report.measurement.hex() if report is not None else None
 
     # 1. rate limit, session, image: one read (the request is counted in step 3).
-    bucket = f"attest:{source}"
-    window = ratelimit.window_of(now, settings.rate_window)
     with autocommit(ctx.engine) as conn:
-        row = _LOOKUP(conn, bucket=bucket[:128], window=window, session_id=req.session_id,
-                      measurement=measurement).first()
+        row = _LOOKUP(conn, session_id=req.session_id, measurement=measurement,
+                      **ratelimit.count_params(f"attest:{source}", settings.rate_window, now)).first()
     ratelimit.refuse_if_over(row.rate_count, settings.rate_limit, settings.rate_window, now)
     session = row if row.expires_at is not None else None
     image = row if row.id is not None else None
