@@ -20,21 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEVROOT = REPO / "build" / "devroot"
-
-
-def _import_collection() -> None:
-    link = DEVROOT / "ansible_collections" / "snpguard" / "cvm"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
-    sys.path.insert(0, str(DEVROOT))
-
-
-def _artifacts_default() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(os.environ.get("SNPGUARD_ARTIFACTS", cache / "snpguard" / "artifacts"))
+import benchlib
 
 
 def _initrd_of_size(source: Path, size: int, directory: str) -> str:
@@ -52,11 +38,11 @@ def _initrd_of_size(source: Path, size: int, directory: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--artifacts", type=Path, default=_artifacts_default())
+    parser.add_argument("--artifacts", type=Path, default=benchlib.artifacts_default())
     parser.add_argument("--vcpus", type=int, default=4)
     args = parser.parse_args()
 
-    _import_collection()
+    benchlib.import_collection()
     from sevsnpmeasure import guest
     from sevsnpmeasure.sev_mode import SevMode
 

@@ -42,19 +42,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEVROOT = REPO / "build" / "devroot"
+from benchlib import DEVROOT, import_collection
 
-
-def _importable() -> None:
-    link = DEVROOT / "ansible_collections" / "snpguard" / "cvm"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
-    sys.path.insert(0, str(DEVROOT))
-
-
-_importable()
+import_collection()
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding

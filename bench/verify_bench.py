@@ -18,37 +18,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEVROOT = REPO / "build" / "devroot"
-
-
-def _import_collection() -> None:
-    link = DEVROOT / "ansible_collections" / "snpguard" / "cvm"
-    if not link.exists():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(REPO, target_is_directory=True)
-    sys.path.insert(0, str(DEVROOT))
-
-
-def _vectors_default() -> Path:
-    return Path(os.environ.get("SNPGUARD_VECTORS", REPO.parent / "shared" / "vectors"))
+import benchlib
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--passes", type=int, default=5, help="passes over all reports per timed batch")
-    parser.add_argument("--vectors", type=Path, default=_vectors_default())
+    parser.add_argument("--vectors", type=Path, default=benchlib.vectors_default())
     args = parser.parse_args()
 
-    _import_collection()
+    benchlib.import_collection()
     import cryptography
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec

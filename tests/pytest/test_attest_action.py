@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import registered_task, run_playbook
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
@@ -27,9 +25,6 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import REP
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
 
-REPO = Path(__file__).resolve().parents[2]
-DEVROOT = REPO / "build" / "devroot"
-PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 LABEL = b"snpguard/report-data/v1"
 MEASUREMENT = "5c" * 48
 OTHER_MEASUREMENT = "a7" * 48
@@ -39,37 +34,12 @@ POLICY = 0x30000  # SMT allowed, bit 17 (reserved, must be one)
 DEBUG_POLICY = POLICY | 1 << 19
 
 
-def run_playbook(tmp: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run ``tasks`` (each registers its own name) on localhost; return {name: registered result}."""
-    names = [task["register"] for task in tasks]
-    out = tmp / "results.json"
-    collect = "{{ dict(" + ", ".join(f"{n}={n}" for n in names) + ") | to_json }}"
-    play = [{
-        "hosts": "localhost",
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [*tasks, {"name": "write the results", "check_mode": False,
-                           "ansible.builtin.copy": {"content": collect, "dest": str(out)}}],
-    }]
-    book = tmp / "playbook.yml"
-    book.write_text(json.dumps(play, indent=1))  # JSON is YAML
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(DEVROOT), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", PYTHONPATH="")
-    proc = subprocess.run([str(PLAYBOOK_BIN), "-i", "localhost,", "-c", "local", str(book)], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    return json.loads(out.read_text())
-
-
 def attest(name: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "snpguard.cvm.attest": args, "register": name, "ignore_errors": True, **extra}
+    return registered_task("snpguard.cvm.attest", name, args, **extra)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if not PLAYBOOK_BIN.exists():
-        pytest.fail(f"ansible-playbook is not installed beside {sys.executable}")
     tmp = tmp_path_factory.mktemp("attest_action")
     sim = SimulatedAmdSp.create(Product.MILAN, rsa_bits=2048)
     launches = {

@@ -26,12 +26,11 @@ import errno
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import registered_task, run_playbook
 
 from ansible_collections.snpguard.cvm.plugins.module_utils import guest_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.guest_report import (
@@ -47,9 +46,6 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import REP
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
 
-REPO = Path(__file__).resolve().parents[2]
-DEVROOT = REPO / "build" / "devroot"
-PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 REPORT_DATA = bytes(range(64))
 CERTS = build_cert_table({"vcek": b"\x30\x82vcek-der", "ask": b"\x30\x82ask-der", "ark": b"\x30\x82ark-der"})
 
@@ -442,14 +438,11 @@ def test_simulator_directory_missing(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def module_results(simulator: tuple[SimulatedAmdSp, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    if not PLAYBOOK_BIN.exists():
-        pytest.fail(f"ansible-playbook is not installed beside {sys.executable}")
     tmp = tmp_path_factory.mktemp("snp_guest_report")
     sim = str(simulator[1])
 
     def guest(name: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        return {"name": name, "snpguard.cvm.snp_guest_report": args, "register": name, "ignore_errors": True,
-                **extra}
+        return registered_task("snpguard.cvm.snp_guest_report", name, args, **extra)
 
     tasks = [
         guest("simulated", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim, "vmpl": 1}),
@@ -462,19 +455,7 @@ def module_results(simulator: tuple[SimulatedAmdSp, Path], tmp_path_factory: pyt
         guest("not_hex", {"report_data": "zz" * 64, "simulated_amdsp": sim}),
         guest("bad_vmpl", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim, "vmpl": 4}),
     ]
-    out = tmp / "results.json"
-    collect = "{{ dict(" + ", ".join(f"{t['register']}={t['register']}" for t in tasks) + ") | to_json }}"
-    play = [{"hosts": "localhost", "gather_facts": False, "vars": {"ansible_python_interpreter": sys.executable},
-             "tasks": [*tasks, {"name": "write", "check_mode": False,
-                                "ansible.builtin.copy": {"content": collect, "dest": str(out)}}]}]
-    (tmp / "playbook.yml").write_text(json.dumps(play))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(DEVROOT), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", PYTHONPATH="")
-    proc = subprocess.run([str(PLAYBOOK_BIN), "-i", "localhost,", "-c", "local", str(tmp / "playbook.yml")],
-                          env=env, cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    return {"results": json.loads(out.read_text()), "tmp": tmp}
+    return {"results": run_playbook(tmp, tasks, timeout=300), "tmp": tmp}
 
 
 def test_module_returns_a_simulated_report(module_results: dict) -> None:

@@ -21,6 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEVROOT = REPO / "build" / "devroot"
 LD1 = "076f052d08bda7a700aa2a608c5caa6b00ebad297b6d68a85a45b1e669a558b67e1b91d284a301fe63c4fa0750467eed"
 LD2 = "a14d638341e5674628fe1e02fbedebe5e5ab4faf1dd72d8966068e615bb99efd13d214b35c231715b38e263dc6059745"
+# The flags most runs share: the keys, the files the ID block and ID auth go to, and those files read back.
+KEYS = ("--id-key", "id.pem", "--author-key", "author.pem")
+OUTPUTS = ("--id-block-out", "block.b64", "--id-auth-out", "auth.b64")
+SIGNED = ("--id-block", "block.b64", "--id-auth", "auth.b64")
 
 
 def snpguard(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -42,48 +46,15 @@ def properties(stdout: str) -> dict[str, str]:
 
 @pytest.fixture
 def created(tmp_path: Path) -> Path:
-    proc = snpguard(
-        "id-block",
-        "--id-key",
-        "id.pem",
-        "--author-key",
-        "author.pem",
-        "--generate-keys",
-        "--measurement",
-        LD1,
-        "--guest-svn",
-        "7",
-        "--policy",
-        "smt=1,debug=0",
-        "--id-block-out",
-        "block.b64",
-        "--id-auth-out",
-        "auth.b64",
-        cwd=tmp_path,
-    )
+    proc = snpguard("id-block", *KEYS, "--generate-keys", "--measurement", LD1, "--guest-svn", "7",
+                    "--policy", "smt=1,debug=0", *OUTPUTS, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return tmp_path
 
 
 def test_create_prints_qemu_properties_and_digests(created: Path) -> None:
-    proc = snpguard(
-        "id-block",
-        "--id-key",
-        "id.pem",
-        "--author-key",
-        "author.pem",
-        "--measurement",
-        LD1,
-        "--guest-svn",
-        "7",
-        "--policy",
-        "0x30000",
-        "--id-block-out",
-        "block.b64",
-        "--id-auth-out",
-        "auth.b64",
-        cwd=created,
-    )
+    proc = snpguard("id-block", *KEYS, "--measurement", LD1, "--guest-svn", "7",
+                    "--policy", "0x30000", *OUTPUTS, cwd=created)
     assert proc.returncode == 0, proc.stderr
     props = properties(proc.stdout)
     assert set(props) == {"id-block", "id-auth", "author-key-enabled", "policy", "id-key-digest", "author-key-digest"}
@@ -114,22 +85,7 @@ def test_create_json(created: Path) -> None:
 
 def test_create_check_writes_nothing(created: Path) -> None:
     before = {p.name: p.read_bytes() for p in created.iterdir()}
-    proc = snpguard(
-        "id-block",
-        "--id-key",
-        "id.pem",
-        "--author-key",
-        "author.pem",
-        "--measurement",
-        LD2,
-        "--id-block-out",
-        "block.b64",
-        "--id-auth-out",
-        "auth.b64",
-        "--check",
-        "--json",
-        cwd=created,
-    )
+    proc = snpguard("id-block", *KEYS, "--measurement", LD2, *OUTPUTS, "--check", "--json", cwd=created)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["changed"] is True
     assert {p.name: p.read_bytes() for p in created.iterdir()} == before
@@ -158,21 +114,8 @@ def test_create_errors_name_the_flag(tmp_path: Path) -> None:
 
 
 def test_verify_valid_files_and_inline_base64(created: Path) -> None:
-    proc = snpguard(
-        "id-block",
-        "verify",
-        "--id-block",
-        "block.b64",
-        "--id-auth",
-        "auth.b64",
-        "--id-key-pub",
-        "id.pem",
-        "--author-key-pub",
-        "author.pem",
-        "--measurement",
-        LD1,
-        cwd=created,
-    )
+    proc = snpguard("id-block", "verify", *SIGNED, "--id-key-pub", "id.pem", "--author-key-pub", "author.pem",
+                    "--measurement", LD1, cwd=created)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("valid")
     inline = snpguard(
@@ -189,9 +132,7 @@ def test_verify_valid_files_and_inline_base64(created: Path) -> None:
     doc = json.loads(inline.stdout)
     assert doc["valid"] is True and doc["id_auth"]["author_key_enabled"] is True
     digest = doc["id_auth"]["id_key_digest"]
-    proc = snpguard(
-        "id-block", "verify", "--id-block", "block.b64", "--id-auth", "auth.b64", "--id-key-digest", digest, cwd=created
-    )
+    proc = snpguard("id-block", "verify", *SIGNED, "--id-key-digest", digest, cwd=created)
     assert proc.returncode == 0
 
 
@@ -228,9 +169,7 @@ def test_verify_mismatches_exit_1(created: Path) -> None:
         (["--author-key-digest", "00" * 48], "--author-key-digest"),
     ]
     for extra, field in cases:
-        proc = snpguard(
-            "id-block", "verify", "--id-block", "block.b64", "--id-auth", "auth.b64", *extra, "--json", cwd=created
-        )
+        proc = snpguard("id-block", "verify", *SIGNED, *extra, "--json", cwd=created)
         assert proc.returncode == 1, (extra, proc.stdout)
         assert json.loads(proc.stdout)["error"]["field"] == field
     # An ID block the auth does not sign.
@@ -264,7 +203,7 @@ def test_verify_upstream_lit_vector(vectors: Path, tmp_path: Path) -> None:
 
 
 def test_show(created: Path) -> None:
-    proc = snpguard("id-block", "show", "--id-block", "block.b64", "--id-auth", "auth.b64", cwd=created)
+    proc = snpguard("id-block", "show", *SIGNED, cwd=created)
     assert proc.returncode == 0, proc.stderr
     assert f"ld: {LD1}" in proc.stdout
     assert "guest_svn: 7" in proc.stdout

@@ -20,41 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import ANSIBLE_BIN, DEVROOT, REPO, ansible_env
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp import sev_keys
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.id_block import IdAuth, IdBlock
 
-REPO = Path(__file__).resolve().parents[2]
-DEVROOT = REPO / "build" / "devroot"
-ANSIBLE = Path(sys.executable).parent / "ansible"
 LD1 = "076f052d08bda7a700aa2a608c5caa6b00ebad297b6d68a85a45b1e669a558b67e1b91d284a301fe63c4fa0750467eed"
 LD2 = "a14d638341e5674628fe1e02fbedebe5e5ab4faf1dd72d8966068e615bb99efd13d214b35c231715b38e263dc6059745"
 RESULT_LINE = re.compile(r"^localhost \| (?P<status>[A-Z]+)!?(?: \| rc=\d+)? => ", re.MULTILINE)
 
 
-def ansible_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "ANSIBLE_COLLECTIONS_PATH": str(DEVROOT),
-            "ANSIBLE_HOME": str(tmp_path / ".ansible-home"),
-            "ANSIBLE_LOCAL_TEMP": str(tmp_path / ".ansible-tmp"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_LOCALHOST_WARNING": "0",
-            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-            "PYTHONPATH": "",
-        }
-    )
-    return env
-
-
 def run_adhoc(tmp_path: Path, args: dict[str, Any], *flags: str) -> tuple[str, dict[str, Any], str]:
     """Run the module ad hoc; return (status, result, full stdout)."""
     proc = subprocess.run(
-        [str(ANSIBLE), "localhost", "-m", "snpguard.cvm.snp_id_block", "-a", json.dumps(args), *flags],
-        env=ansible_env(tmp_path),
+        [str(ANSIBLE_BIN), "localhost", "-m", "snpguard.cvm.snp_id_block", "-a", json.dumps(args), *flags],
+        env=ansible_env(tmp_path, ANSIBLE_FORCE_COLOR="0", ANSIBLE_PYTHON_INTERPRETER=sys.executable),
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from attestation_vectors import clock, entry, read
 from cryptography.hazmat.primitives.serialization import Encoding
+from simulated_chains import chain_fixture
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.collateral import CollateralSources, resolve_collateral
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.amd_certs import fingerprint
@@ -71,14 +72,8 @@ def _served(sim: SimulatedAmdSp, vcek: Any = None, *, crl: Any = None) -> dict[s
     }
 
 
-@pytest.fixture(scope="module")
-def milan() -> SimulatedAmdSp:
-    return SimulatedAmdSp.create(Product.MILAN, rsa_bits=2048)
-
-
-@pytest.fixture(scope="module")
-def turin() -> SimulatedAmdSp:
-    return SimulatedAmdSp.create(Product.TURIN, rsa_bits=2048)
+milan = chain_fixture(Product.MILAN)
+turin = chain_fixture(Product.TURIN)
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import PLAYBOOK_BIN, run_playbook_file
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vmsa import Ec2Vmsa, VmmType
 
-REPO = Path(__file__).resolve().parents[2]
-DEVROOT = REPO / "build" / "devroot"
-PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 EPYC_V4 = 0x800F12
 
 PLAYBOOK = """
@@ -97,14 +93,8 @@ def _playbook(tmp: Path, name: str, files: dict[str, str], check: bool) -> dict[
     out = tmp / f"{name}.json"
     book = tmp / f"{name}.yml"
     book.write_text(PLAYBOOK.format(python=sys.executable, out=out, **files))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(DEVROOT), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
-               ANSIBLE_DEPRECATION_WARNINGS="0", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    argv = [str(PLAYBOOK_BIN), "-i", "localhost,", "-c", "local", str(book)]
-    if check:
-        argv.append("--check")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp, check=False)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    flags = ["--check"] if check else []
+    run_playbook_file(book, tmp, *flags, timeout=300, ANSIBLE_DEPRECATION_WARNINGS="0")
     return json.loads(out.read_text())
 
 

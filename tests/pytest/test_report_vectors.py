@@ -82,6 +82,13 @@ def _report(e: dict[str, Any]) -> bytes:
     return read(e["files"]["report"])
 
 
+def _stated_file(e: dict[str, Any], name: str) -> bytes:
+    """The entry's file ``name``, checked against the SHA-256 the manifest states for it."""
+    data = read(e["files"][name])
+    assert hashlib.sha256(data).hexdigest() == e["sha256"]
+    return data
+
+
 def _refused(report: bytes, coll: Collateral, e: dict[str, Any], **kwargs: Any) -> VerificationError:
     with pytest.raises(VerificationError) as info:
         attest(report, coll, trust(e, **kwargs.pop("trust", {})), expectations(e), **kwargs)
@@ -330,9 +337,7 @@ def test_amd_root_certificates(vectors: Path, entry_id: str) -> None:
 @pytest.mark.parametrize("entry_id", ids("kds_cert_chain"))
 def test_kds_cert_chains(vectors: Path, entry_id: str) -> None:
     e = entry(entry_id)
-    data = read(e["files"]["pem"])
-    assert hashlib.sha256(data).hexdigest() == e["sha256"]
-    certs = load_certificates(data, field="cert_chain")
+    certs = load_certificates(_stated_file(e, "pem"), field="cert_chain")
     assert len(certs) == e["expected"]["certificates"] == 2
     assert [common_name(c.subject) for c in certs] == e["order"]
     verify_amd_signature(certs[0], certs[1], field="ask")
@@ -609,9 +614,7 @@ def test_mutation_recipe(vectors: Path, index: int) -> None:
 @pytest.mark.parametrize("entry_id", ids("vek_cert_synthetic"))
 def test_synthetic_vcek(vectors: Path, entry_id: str) -> None:
     e = entry(entry_id)
-    data = read(e["files"]["der"])
-    assert hashlib.sha256(data).hexdigest() == e["sha256"]
-    synthetic = load_certificate(data, field="vek")
+    synthetic = load_certificate(_stated_file(e, "der"), field="vek")
     assert e["expected"]["parses"] is True
     assert vek_extensions(synthetic).hwid == bytes(range(64))  # "000102...3f", raw or in an OCTET STRING
     ask = cert(e["files"]["ask"])

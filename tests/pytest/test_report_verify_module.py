@@ -15,25 +15,19 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_run import registered_task, run_playbook
 from cryptography import x509
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import cache_path, chain_url, vcek_url
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import parse_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
-
-REPO = Path(__file__).resolve().parents[2]
-DEVROOT = REPO / "build" / "devroot"
-PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
 
 # One real report per product, report version and signing key (ids from MANIFEST.json).
 REAL = {
@@ -66,38 +60,13 @@ def inside_validity(vek: Path) -> str:
     return (cert.not_valid_before_utc + datetime.timedelta(days=1)).isoformat().replace("+00:00", "Z")
 
 
-def run_playbook(tmp: Path, tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run ``tasks`` (each registers its own name) on localhost; return {name: registered result}."""
-    names = [task["register"] for task in tasks]
-    out = tmp / "results.json"
-    collect = "{{ dict(" + ", ".join(f"{n}={n}" for n in names) + ") | to_json }}"
-    play = [{
-        "hosts": "localhost",
-        "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [*tasks, {"name": "write the results", "check_mode": False,
-                           "ansible.builtin.copy": {"content": collect, "dest": str(out)}}],
-    }]
-    book = tmp / "playbook.yml"
-    book.write_text(json.dumps(play, indent=1))  # JSON is YAML
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(DEVROOT), ANSIBLE_HOME=str(tmp / "ansible-home"),
-               ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
-               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", PYTHONPATH="")
-    proc = subprocess.run([str(PLAYBOOK_BIN), "-i", "localhost,", "-c", "local", str(book)], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
-    return json.loads(out.read_text())
-
-
 def task(name: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "snpguard.cvm.snp_report_verify": args, "register": name, "ignore_errors": True, **extra}
+    return registered_task("snpguard.cvm.snp_report_verify", name, args, **extra)
 
 
 @pytest.fixture(scope="module")
 def cases(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Build and run the one playbook; return the cases' inputs and registered results."""
-    if not PLAYBOOK_BIN.exists():
-        pytest.fail(f"ansible-playbook is not installed beside {sys.executable}")
     tmp = tmp_path_factory.mktemp("report_verify_module")
     entries = manifest(vectors)
     tasks: list[dict[str, Any]] = []
