@@ -167,7 +167,10 @@ def end_web_session(conn: Connection, cookie: str | None) -> None:
 
 
 def csrf_ok(session: dict[str, Any] | None, token: str | None) -> bool:
-    return bool(session and token and hmac.compare_digest(session["csrf"], token))
+    """Constant-time CSRF check; a missing or non-ASCII token is simply wrong (never a 500)."""
+    if not session or not token or not token.isascii():
+        return False
+    return hmac.compare_digest(session["csrf"], token)
 
 
 def cookie_params(secure: bool, ttl_ms: int = SESSION_TTL_MS) -> dict[str, Any]:

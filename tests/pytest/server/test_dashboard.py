@@ -440,3 +440,14 @@ def test_plain_http_cookies_are_not_secure_but_still_strict(local_app) -> None:
     cookie = set_cookies(response)["snpguard_session"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
     assert client.get("/images").status_code == 200
+
+
+def test_csrf_check_refuses_non_ascii_token_without_raising() -> None:
+    """server.auth.csrf_ok itself refuses a non-ASCII token (hmac.compare_digest would raise)."""
+    from ansible_collections.snpguard.cvm.server.auth import csrf_ok
+
+    session = {"csrf": "abc123"}
+    assert csrf_ok(session, "abc123") is True
+    assert csrf_ok(session, "abc12\u00e9") is False
+    assert csrf_ok(session, "") is False
+    assert csrf_ok(None, "abc123") is False
