@@ -103,6 +103,25 @@ def public_key_to_struct(key: Any, *, field: str = "key") -> bytes:
     return bytes(out)
 
 
+def _fixed_size(data: object, size: int, what: str, field: str) -> bytes:
+    """``data`` as bytes of exactly ``size``; anything else is refused naming ``field``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnpError(f"expected bytes, got {type(data).__name__}", field=field)
+    data = bytes(data)
+    if len(data) != size:
+        raise SnpError(f"{what} must be {size:#x} bytes, got {len(data):#x}", field=field)
+    return data
+
+
+def _component_pair(data: bytes, first: tuple[int, str], second: tuple[int, str], reserved_from: int,
+                    field: str) -> tuple[int, int]:
+    """Two 72-byte little-endian values (QX/QY or R/S), then reserved bytes that must be zero."""
+    values = (_read_component(data, first[0], first[1], field), _read_component(data, second[0], second[1], field))
+    if any(data[reserved_from:]):
+        raise SnpError(f"reserved bytes {reserved_from:#x}..{len(data) - 1:#x} must be zero", field=field)
+    return values
+
+
 def parse_public_key_struct(data: bytes, *, field: str = "key") -> tuple[int, int]:
     """Check a 0x404-byte public-key structure and return ``(qx, qy)`` (pure Python).
 
@@ -110,19 +129,11 @@ def parse_public_key_struct(data: bytes, *, field: str = "key") -> tuple[int, in
     reserved bytes: the digest covers every byte, so a structure that differs
     only in padding would name a different key.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise SnpError(f"expected bytes, got {type(data).__name__}", field=field)
-    data = bytes(data)
-    if len(data) != PUBKEY_SIZE:
-        raise SnpError(f"public-key structure must be {PUBKEY_SIZE:#x} bytes, got {len(data):#x}", field=field)
+    data = _fixed_size(data, PUBKEY_SIZE, "public-key structure", field)
     (curve,) = _U32.unpack_from(data, 0)
     if curve != CURVE_P384:
         raise SnpError(f"curve {curve} is not supported (only {CURVE_P384} = P-384)", field=field)
-    qx = _read_component(data, _QX_OFFSET, "QX", field)
-    qy = _read_component(data, _QY_OFFSET, "QY", field)
-    if any(data[_PUBKEY_RESERVED_OFFSET:]):
-        raise SnpError(f"reserved bytes {_PUBKEY_RESERVED_OFFSET:#x}..{PUBKEY_SIZE - 1:#x} must be zero", field=field)
-    return qx, qy
+    return _component_pair(data, (_QX_OFFSET, "QX"), (_QY_OFFSET, "QY"), _PUBKEY_RESERVED_OFFSET, field)
 
 
 def public_key_from_struct(data: bytes, *, field: str = "key") -> EllipticCurvePublicKey:
@@ -166,16 +177,8 @@ def encode_signature(r: int, s: int) -> bytes:
 
 def decode_signature(sig: bytes, *, field: str = "signature") -> tuple[int, int]:
     """``(r, s)`` of a 512-byte SEV signature; refuses wrong length or non-zero padding."""
-    if not isinstance(sig, (bytes, bytearray, memoryview)):
-        raise SnpError(f"expected bytes, got {type(sig).__name__}", field=field)
-    sig = bytes(sig)
-    if len(sig) != SIGNATURE_SIZE:
-        raise SnpError(f"signature must be {SIGNATURE_SIZE:#x} bytes, got {len(sig):#x}", field=field)
-    r = _read_component(sig, _R_OFFSET, "R", field)
-    s = _read_component(sig, _S_OFFSET, "S", field)
-    if any(sig[_SIG_RESERVED_OFFSET:]):
-        raise SnpError(f"reserved bytes {_SIG_RESERVED_OFFSET:#x}..{SIGNATURE_SIZE - 1:#x} must be zero", field=field)
-    return r, s
+    sig = _fixed_size(sig, SIGNATURE_SIZE, "signature", field)
+    return _component_pair(sig, (_R_OFFSET, "R"), (_S_OFFSET, "S"), _SIG_RESERVED_OFFSET, field)
 
 
 def signature_to_der(sig: bytes, *, field: str = "signature") -> bytes:
