@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .crypto_guard import HAS_CRYPTOGRAPHY, crypto_exceptions, hashes, padding, x509
+from .crypto_guard import HAS_CRYPTOGRAPHY, crypto_exceptions, hashes, padding, serialization, x509
 from .errors import SnpError
 from .tcb import Product
 
@@ -48,41 +48,37 @@ def _need_crypto() -> None:
         raise SnpError("the Python 'cryptography' library is required to verify AMD certificates")
 
 
-def load_certificate(data: bytes, *, field: str, path: str | None = None) -> Any:
-    """Load one PEM or DER certificate; AMD's VCEKs have serial 0, which cryptography warns about."""
+def _load(data: bytes, pem: Any, der: Any, what: str, field: str, path: str | None) -> Any:
+    """PEM or DER by its first bytes; every cryptography parse error becomes an ``SnpError``.
+
+    cryptography raises ValueError, InvalidVersion, … for bad input, and warns about
+    AMD's VCEK serial 0: both are handled here once for certificates and CRLs.
+    """
     _need_crypto()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(data)
-            return x509.load_der_x509_certificate(data)
-        except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
-            raise SnpError(f"not an X.509 certificate: {exc}", field=field, path=path) from exc
+            return pem(data) if data.lstrip().startswith(b"-----BEGIN") else der(data)
+        except Exception as exc:  # any parse error of untrusted input
+            raise SnpError(f"not {what}: {exc}", field=field, path=path) from exc
+
+
+def load_certificate(data: bytes, *, field: str, path: str | None = None) -> Any:
+    """Load one PEM or DER certificate."""
+    return _load(data, x509.load_pem_x509_certificate, x509.load_der_x509_certificate, "an X.509 certificate",
+                 field, path)
 
 
 def load_certificates(data: bytes, *, field: str, path: str | None = None) -> list[Any]:
     """All certificates of a PEM bundle (KDS cert_chain: ASK/ASVK first, then ARK), or one DER."""
-    _need_crypto()
     if not data.lstrip().startswith(b"-----BEGIN"):
         return [load_certificate(data, field=field, path=path)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            certs = x509.load_pem_x509_certificates(data)
-        except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
-            raise SnpError(f"not a PEM certificate bundle: {exc}", field=field, path=path) from exc
-    return certs
+    return _load(data, x509.load_pem_x509_certificates, None, "a PEM certificate bundle", field, path)
 
 
 def load_crl(data: bytes, *, field: str = "crl", path: str | None = None) -> Any:
-    _need_crypto()
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except Exception as exc:  # cryptography raises ValueError, InvalidVersion, … for bad input
-        raise SnpError(f"not an X.509 CRL: {exc}", field=field, path=path) from exc
+    """Load a PEM or DER CRL."""
+    return _load(data, x509.load_pem_x509_crl, x509.load_der_x509_crl, "an X.509 CRL", field, path)
 
 
 def serial_number(cert: Any) -> int:
@@ -126,12 +122,6 @@ def fingerprint(cert: Any) -> str:
     return identity(cert).hex()
 
 
-def _der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
-
-
 def common_name(name: Any) -> str:
     values = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(values[0].value) if values else ""
@@ -161,7 +151,7 @@ def identity(obj: Any) -> bytes:
     if hasattr(obj, "fingerprint"):
         digest = bytes(obj.fingerprint(hashes.SHA256()))
     else:
-        digest = hashlib.sha256(obj.public_bytes(_der())).digest()
+        digest = hashlib.sha256(obj.public_bytes(serialization.Encoding.DER)).digest()
     if len(_IDENTITIES) >= _VERIFIED_MAX:
         _IDENTITIES.clear()
     _IDENTITIES[id(obj)] = (obj, digest)
