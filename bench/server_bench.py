@@ -16,7 +16,7 @@ core: the ratio shows what the HTTP, TLS, database and protocol layers cost on t
 Usage::
 
     .venv/bin/python bench/server_bench.py                 # SQLite and PostgreSQL (if installed)
-    .venv/bin/python bench/server_bench.py --backends sqlite --handshakes 5000 --workers 2
+    .venv/bin/python bench/server_bench.py --backends sqlite --handshakes 5000 --workers 2,4
 
 Targets (issue 4): >= 300 handshakes/s with p99 < 100 ms on this 2-core machine.
 """
@@ -68,6 +68,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp i
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.validate import Expectations
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.verify import TrustSettings
+from ansible_collections.snpguard.cvm.server.config import auto_workers
 
 TARGET_RATE = 300.0
 TARGET_P99_MS = 100.0
@@ -410,7 +411,8 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
     parser.add_argument("--handshakes", type=int, default=3000, help="per run")
     parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--workers", default="2", help="uvicorn workers; a comma-separated list runs each")
+    parser.add_argument("--workers", default="auto",
+                        help="workers, or auto (the server's choice per database); a comma-separated list runs each")
     parser.add_argument("--paced", type=float, default=TARGET_RATE,
                         help="also run at this fixed arrival rate per second (0: skip) to measure latency")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
@@ -433,7 +435,8 @@ def main() -> int:
               "Little's law; the paced run measures latency at the target rate")
         results: list[Result] = []
         for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            for workers in [int(w) for w in args.workers.split(",")]:
+            kind = "postgresql" if name == "postgresql" else "sqlite"
+            for workers in [auto_workers(kind) if w.strip() == "auto" else int(w) for w in args.workers.split(",")]:
                 try:
                     batch = run_backend(name, tmp, sim, root, args, workers)
                 except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:

@@ -46,7 +46,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--kds-cache", metavar="DIR", help="AMD KDS certificate cache (default DIR/kds-cache)")
     run.add_argument("--offline", action="store_true", default=None, help="never contact AMD KDS")
     run.add_argument("--require-crl", action="store_true", default=None, help="fetch and require AMD's CRL")
-    run.add_argument("--workers", type=int, metavar="N", help="uvicorn worker processes (default 1)")
+    run.add_argument("--workers", type=_workers, metavar="N|auto",
+                     help="worker processes (default 1; auto: one per usable core on SQLite, two on PostgreSQL)")
     run.add_argument("--threads", type=int, metavar="N", help="request-handler threads per worker (default 16)")
     run.add_argument("--nonce-ttl", type=int, metavar="SECONDS", help="challenge lifetime (default 60)")
     run.add_argument("--rate-limit", type=int, metavar="N",
@@ -79,6 +80,18 @@ def register(subparsers: Any) -> None:
     token.add_argument("--name", required=True)
     token.add_argument("--expires-at", metavar="ISO8601")
     token.set_defaults(handler=_token)
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return number
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:

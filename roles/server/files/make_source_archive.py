@@ -1,12 +1,16 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""Controller side of the server role: pack the collection as an installable source archive.
+"""Controller side of the server role: pack what it installs as deterministic archives.
 
     python make_source_archive.py SOURCE_DIR DEST.tar.gz
+    python make_source_archive.py --wheelhouse WHEEL_DIR DEST.tar.gz
 
-Only what ``pip install`` needs (pyproject.toml and the package directories) goes in,
-with fixed times, owners and modes, so the same source gives the same bytes and the
-role's copy reports no change.  Prints JSON: path, sha256, version, files.
+The first packs the collection as an installable source archive: only what ``pip
+install`` needs (pyproject.toml and the package directories).  The second packs the
+wheels of a wheelhouse (top-level ``*.whl`` files) so that one copy, not one per
+file, reaches the host.  Fixed times, owners and modes: the same input gives the
+same bytes and the role's copy reports no change.  Prints JSON: path, sha256,
+version (source only), files.
 """
 
 from __future__ import annotations
@@ -41,16 +45,19 @@ def files_of(source):
                         yield os.path.relpath(full, source)
 
 
-def main(argv):
-    source, dest = argv[1], argv[2]
-    with open(os.path.join(source, "pyproject.toml"), encoding="utf-8") as handle:
-        match = re.search(r'^version\s*=\s*"([^"]+)"', handle.read(), re.M)
-    version = match.group(1) if match else "0"
-    top = f"snpguard_cvm-{version}"
+def wheels_of(wheel_dir):
+    names = sorted(n for n in os.listdir(wheel_dir) if n.endswith(".whl") and os.path.isfile(os.path.join(wheel_dir, n)))
+    if not names:
+        raise SystemExit(f"snpguard_server_wheelhouse ({wheel_dir}) holds no .whl files")
+    return names
+
+
+def pack(source, rels, top, dest):
+    """Write the files ``rels`` (relative to ``source``) under ``top/`` to ``dest``; returns (sha256, count)."""
     raw = io.BytesIO()
     count = 0
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in sorted(files_of(source)):
+        for rel in sorted(rels):
             full = os.path.join(source, rel)
             info = tarfile.TarInfo(f"{top}/{rel}")
             info.size = os.path.getsize(full)
@@ -69,8 +76,21 @@ def main(argv):
     with open(tmp, "wb") as handle:
         handle.write(data)
     os.replace(tmp, dest)
-    print(json.dumps({"path": dest, "sha256": hashlib.sha256(data).hexdigest(), "version": version,
-                      "files": count}))
+    return hashlib.sha256(data).hexdigest(), count
+
+
+def main(argv):
+    if len(argv) == 4 and argv[1] == "--wheelhouse":
+        wheel_dir, dest = argv[2], argv[3]
+        digest, count = pack(wheel_dir, wheels_of(wheel_dir), "wheelhouse", dest)
+        print(json.dumps({"path": dest, "sha256": digest, "files": count}))
+        return 0
+    source, dest = argv[1], argv[2]
+    with open(os.path.join(source, "pyproject.toml"), encoding="utf-8") as handle:
+        match = re.search(r'^version\s*=\s*"([^"]+)"', handle.read(), re.M)
+    version = match.group(1) if match else "0"
+    digest, count = pack(source, files_of(source), f"snpguard_cvm-{version}", dest)
+    print(json.dumps({"path": dest, "sha256": digest, "version": version, "files": count}))
     return 0
 
 
