@@ -90,10 +90,35 @@ def create_app(settings: Settings, *, tls: TlsFiles | None = None, ctx: ServerCo
     return app
 
 
+def _exit_with_parent() -> None:
+    """Have the kernel send SIGTERM to this worker when uvicorn's supervisor dies.
+
+    A supervisor killed with SIGKILL cannot stop its workers; they would go on serving on
+    the inherited socket, outside any process manager.  Linux only (prctl).
+    """
+    import ctypes
+    import multiprocessing
+    import os
+    import signal
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a worker spawned by uvicorn's supervisor
+        return
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent.pid:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings come from the environment (see ``run``)."""
     import os
 
+    _exit_with_parent()
     settings = Settings.from_env()
     tls = None
     cert, key, ca = (os.environ.get(f"SNPGUARD_TLS_{n}") for n in ("CERT", "KEY", "CA"))

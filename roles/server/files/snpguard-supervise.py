@@ -103,6 +103,11 @@ def supervise(config, log):
                             os.killpg(child.pid, signal.SIGKILL)
                     code = child.wait()
                     break
+        # What the server leaves behind in its process group (uvicorn's workers, when the
+        # main process was killed with SIGKILL) would keep serving outside supervision, on
+        # the old socket: end them, as systemd does with the unit's control group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
         if stopping:
             log_line(log, f"stopped (exit status {code})")
             return

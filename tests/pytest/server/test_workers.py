@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -89,3 +92,25 @@ def test_run_with_auto_starts_one_worker_per_core(tmp_path: Path) -> None:
         assert len(_worker_pids(server.proc.pid)) == expected
     finally:
         server.stop()
+
+
+def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """kill -9 of uvicorn's main process must not leave workers serving on the old socket."""
+    server = ServerProcess(tmp_path / "data", ["--workers", "2", "--insecure-http"]).start(timeout=60)
+    try:
+        assert server.proc is not None
+        deadline = time.monotonic() + 30
+        while len(_worker_pids(server.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _worker_pids(server.proc.pid)
+        assert len(workers) == 2
+        os.kill(server.proc.pid, signal.SIGKILL)  # the main process only, not its group
+        server.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    finally:
+        server.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGKILL)  # whatever is left, so other tests are not affected
