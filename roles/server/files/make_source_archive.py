@@ -46,7 +46,8 @@ def files_of(source):
 
 
 def wheels_of(wheel_dir):
-    names = sorted(n for n in os.listdir(wheel_dir) if n.endswith(".whl") and os.path.isfile(os.path.join(wheel_dir, n)))
+    names = sorted(name for name in os.listdir(wheel_dir)
+                   if name.endswith(".whl") and os.path.isfile(os.path.join(wheel_dir, name)))
     if not names:
         raise SystemExit(f"snpguard_server_wheelhouse ({wheel_dir}) holds no .whl files")
     return names
