@@ -135,6 +135,11 @@ def load_manifest(directory: Path) -> dict | None:
     return manifest
 
 
+def new_ssh_key(path: Path, comment: str) -> None:
+    """An Ed25519 key pair without passphrase at path and path.pub."""
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], capture_output=True)
+
+
 def customise(root: Path, client_key_pub: str) -> None:
     """Make the root bootable as a VM disk and reachable by SSH with our key only."""
     (root / "etc/hostname").write_text("snpguard-testvm\n", encoding="utf-8")
@@ -163,21 +168,7 @@ def customise(root: Path, client_key_pub: str) -> None:
     # Host keys: one set per image, generated here, recorded for strict host-key checking.
     for old in (root / "etc/ssh").glob("ssh_host_*"):
         old.unlink()
-    run(
-        [
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "snpguard-testvm",
-            "-f",
-            str(root / "etc/ssh/ssh_host_ed25519_key"),
-        ],
-        capture_output=True,
-    )
+    new_ssh_key(root / "etc/ssh/ssh_host_ed25519_key", "snpguard-testvm")
     (root / "etc/machine-id").write_text("", encoding="utf-8")
 
 
@@ -198,21 +189,7 @@ def build(refresh: bool = False) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".{IMAGE_NAME}-", dir=cache_root()))
         try:
             root = work / "root"
-            run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "snpguard-testvm-client",
-                    "-f",
-                    str(work / "id_ed25519"),
-                ],
-                capture_output=True,
-            )
+            new_ssh_key(work / "id_ed25519", "snpguard-testvm-client")
             say(f"mmdebstrap {SUITE} from {mirror} ({len(PACKAGES)} packages beyond the apt variant)")
             argv = [
                 "mmdebstrap",
