@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..plugins.module_utils import image_registration
@@ -87,6 +88,19 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _print_listing(args: argparse.Namespace, items: list[dict[str, Any]], empty: str,
+                   line: Callable[[dict[str, Any]], str]) -> int:
+    """A list command's output: JSON with --json, else one line per item, or what says there is none."""
+    if args.json:
+        _print_json(items)
+    elif not items:
+        print(empty)
+    else:
+        for item in items:
+            print(line(item))
+    return 0
 
 
 def _confirm(question: str, assume_yes: bool) -> bool:
@@ -378,15 +392,7 @@ def _image_register(args: argparse.Namespace) -> int:
 
 
 def _image_list(args: argparse.Namespace) -> int:
-    images = client_from(args).list_images()
-    if args.json:
-        _print_json(images)
-    elif not images:
-        print("no images registered")
-    else:
-        for image in images:
-            print(_image_line(image))
-    return 0
+    return _print_listing(args, client_from(args).list_images(), "no images registered", _image_line)
 
 
 def _image_show(args: argparse.Namespace) -> int:
@@ -476,17 +482,13 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_line(t: dict[str, Any]) -> str:
+    return (f"{t['id']}  {t['state']:<8} {t['name']:<24} created {t['created_at']}"
+            f"  expires {t.get('expires_at') or '-'}  last used {t.get('last_used_at') or '-'}")
+
+
 def _token_list(args: argparse.Namespace) -> int:
-    tokens = client_from(args).list_tokens()
-    if args.json:
-        _print_json(tokens)
-    elif not tokens:
-        print("no tokens")
-    else:
-        for t in tokens:
-            print(f"{t['id']}  {t['state']:<8} {t['name']:<24} created {t['created_at']}"
-                  f"  expires {t.get('expires_at') or '-'}  last used {t.get('last_used_at') or '-'}")
-    return 0
+    return _print_listing(args, client_from(args).list_tokens(), "no tokens", _token_line)
 
 
 def _token_revoke(args: argparse.Namespace) -> int:

@@ -83,15 +83,12 @@ def register(subparsers: Any) -> None:
 
 
 def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
+    from ..server.config import parse_workers  # standard library only, unlike the rest of the server
+
     try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
-    return number
+        return parse_workers(text)
+    except SnpError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:

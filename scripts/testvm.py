@@ -442,13 +442,16 @@ def start(state: Path, forwards: list[tuple[int, int]], ssh_port: int, cpus: int
         if time.monotonic() - started > timeout:
             stop(state)
             raise TestVmError(f"the VM did not finish booting within {timeout:.0f} s; console:\n{tail(console)}")
-        probe = subprocess.run(
-            [*ssh_argv(info), "systemctl is-system-running --wait"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            probe = subprocess.run(
+                [*ssh_argv(info), "systemctl is-system-running --wait"],
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, timeout - (time.monotonic() - started)),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue  # the deadline check above reports it, with the console
         status = probe.stdout.strip()
         if status in ("running", "degraded"):
             break

@@ -134,9 +134,10 @@ def auto_workers(database_url: str, cpus: int | None = None) -> int:
     return max(1, min(32, per_core * cpus))
 
 
-def _resolve_workers(value: object, database_url: str) -> int:
+def parse_workers(value: object) -> int | str:
+    """A worker count as given (config.json or --workers): a positive integer or "auto"."""
     if value == "auto":
-        return auto_workers(database_url)
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and value.strip().isdigit():
@@ -146,6 +147,11 @@ def _resolve_workers(value: object, database_url: str) -> int:
     if number < 1:
         raise SnpError(f"must be a positive integer or 'auto', got {number}", field="workers")
     return number
+
+
+def _resolve_workers(value: object, database_url: str) -> int:
+    parsed = parse_workers(value)
+    return auto_workers(database_url) if parsed == "auto" else int(parsed)
 
 
 def load_settings(data_dir: str, overrides: dict[str, Any]) -> Settings:
