@@ -190,7 +190,10 @@ def register(subparsers: Any) -> None:
     token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True)
     create = token_actions.add_parser("create", help="create an API token (printed once)")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--expires-at", metavar="ISO8601")
+    create.add_argument("--expires-at", metavar="ISO8601",
+                        help="expiry; a token minted by another never outlives it (default: the minting token's)")
+    create.add_argument("--scope", choices=["operator", "admin"],
+                        help="operator (default): images and audit; admin: also mints and revokes tokens")
     create.add_argument("--master-password-file", metavar="FILE",
                         help="authenticate with the master password (a fresh server's first token); "
                              "or set SNPGUARD_MASTER_PASSWORD")
@@ -471,7 +474,7 @@ def _master_password(args: argparse.Namespace) -> str | None:
 def _token_create(args: argparse.Namespace) -> int:
     password = _master_password(args)
     client = client_from(args, need_token=password is None)
-    created = client.create_token(args.name, args.expires_at, master_password=password)
+    created = client.create_token(args.name, args.expires_at, master_password=password, scope=args.scope)
     if args.json:
         _print_json(created)
     else:
@@ -483,8 +486,9 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 def _token_line(t: dict[str, Any]) -> str:
-    return (f"{t['id']}  {t['state']:<8} {t['name']:<24} created {t['created_at']}"
-            f"  expires {t.get('expires_at') or '-'}  last used {t.get('last_used_at') or '-'}")
+    return (f"{t['id']}  {t['state']:<8} {t.get('scope') or '-':<8} {t['name']:<24} created {t['created_at']}"
+            f"  expires {t.get('expires_at') or '-'}  last used {t.get('last_used_at') or '-'}"
+            f"  minted by {t.get('parent_id') or 'master password'}")
 
 
 def _token_list(args: argparse.Namespace) -> int:

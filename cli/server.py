@@ -55,6 +55,22 @@ def register(subparsers: Any) -> None:
     run.add_argument("--rate-window", type=int, metavar="SECONDS", help="rate-limit window (default 60)")
     run.add_argument("--max-body", type=int, metavar="BYTES", help="admin request bodies (default 1 MiB)")
     run.add_argument("--max-image-body", type=int, metavar="BYTES", help="registrations (default 512 MiB)")
+    run.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                     help="a client must send its request head within this time (default 10)")
+    run.add_argument("--body-timeout", type=float, metavar="SECONDS",
+                     help="a body must arrive within this time plus its length at --min-body-rate (default 30)")
+    run.add_argument("--min-body-rate", type=int, metavar="BYTES_PER_S", help="default 65536")
+    run.add_argument("--max-header-bytes", type=int, metavar="BYTES", help="request head size (default 32768)")
+    run.add_argument("--max-connections-per-address", type=int, metavar="N",
+                     help="open connections per client address and worker (default 64)")
+    run.add_argument("--tls-handshake-timeout", type=float, metavar="SECONDS", help="default 10")
+    run.add_argument("--kds-url", metavar="URL", help="AMD KDS base URL (default https://kdsintf.amd.com)")
+    run.add_argument("--kds-timeout", type=float, metavar="SECONDS",
+                     help="one KDS fetch, never retried within a request (default 5)")
+    run.add_argument("--kds-failure-ttl", type=int, metavar="SECONDS",
+                     help="how long a failed VCEK fetch for one chip and TCB is not retried (default 300)")
+    run.add_argument("--auth-failure-limit", type=int, metavar="N",
+                     help="failed API-token attempts per address and rate window before 429 (default 20; 0 disables)")
     run.add_argument("--forwarded-allow-ips", metavar="IPS", help="trust X-Forwarded-For from these proxies")
     run.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     run.add_argument("--no-access-log", action="store_true", help="do not log every request")
@@ -79,6 +95,8 @@ def register(subparsers: Any) -> None:
     _common(token)
     token.add_argument("--name", required=True)
     token.add_argument("--expires-at", metavar="ISO8601")
+    token.add_argument("--scope", choices=["operator", "admin"], default="operator",
+                       help="operator: images and audit (default); admin: also mints and revokes tokens")
     token.set_defaults(handler=_token)
 
 
@@ -99,7 +117,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
                        field="server") from exc
     keys = ("db_url", "kek_file", "listen", "tls_cert", "tls_key", "tls_names", "tls_ips", "insecure_http",
             "simulated_roots", "kds_cache", "offline", "require_crl", "workers", "threads", "nonce_ttl", "rate_limit",
-            "rate_window", "max_body", "max_image_body", "forwarded_allow_ips", "log_level")
+            "rate_window", "max_body", "max_image_body", "forwarded_allow_ips", "log_level", "header_timeout",
+            "body_timeout", "min_body_rate", "max_header_bytes", "max_connections_per_address",
+            "tls_handshake_timeout", "kds_url", "kds_timeout", "kds_failure_ttl", "auth_failure_limit")
     overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     overrides.update(extra)
     return load_settings(args.data_dir, overrides)
@@ -153,7 +173,7 @@ def _token(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SnpError(f"{args.expires_at!r} is not ISO 8601", field="expires_at") from exc
         expires = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
-    token_id, token = create_token_offline(settings, args.name, expires)
+    token_id, token = create_token_offline(settings, args.name, expires, args.scope)
     print(token)
     print(f"snpguard server: token {token_id} ({args.name}) created; it is shown only this once", file=sys.stderr)
     return 0

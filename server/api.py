@@ -12,6 +12,7 @@ itself.  A worker therefore handles one handshake at a time; throughput comes fr
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,14 +21,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
-from sqlalchemy import select, text, update
+from sqlalchemy import text
 
 from ..plugins.module_utils.keyrelease import HPKE_SUITE_IDS, HPKE_SUITE_NAME, INGEST_LABEL, KEY_RELEASE_LABEL
 from ..plugins.module_utils.snp.binding import REPORT_DATA_LABEL
-from . import API_VERSION, SERVER_VERSION, attestation, auth, images, ratelimit
+from . import API_VERSION, SERVER_VERSION, attestation, auth, images, keys, ratelimit, tokens
 from .context import ServerContext
-from .db import current_revision, now_ms, read_tx, tokens, write_tx
+from .db import current_revision, now_ms, read_tx, write_tx
 from .errors import ApiError
+from .gate import ADMIN_STATE
 from .schemas import (
     AuditList,
     Challenge,
@@ -52,13 +54,9 @@ basic = HTTPBasic(auto_error=False, description="the master password (any user n
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing, invalid, revoked or expired token"},
+    403: {"model": ErrorBody, "description": "the token's scope does not allow this"},
     404: {"model": ErrorBody, "description": "no such object"},
-}
-MESSAGES = {
-    "unauthenticated": "this endpoint needs 'Authorization: Bearer <API token>'",
-    "token_invalid": "the API token is not valid",
-    "token_revoked": "the API token was revoked",
-    "token_expired": "the API token has expired",
+    429: {"model": ErrorBody, "description": "too many failed token attempts from this address"},
 }
 
 ImageId = Annotated[uuid.UUID, Path(description="image id (UUID)")]
@@ -73,21 +71,25 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _unauthorized(code: str) -> ApiError:
-    return ApiError(401, code, MESSAGES[code], headers={"WWW-Authenticate": 'Bearer realm="snpguard"'})
-
-
-def require_admin(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The id of a valid API token, or 401 naming why not."""
-    ctx = context(request)
-    with write_tx(ctx.engine) as conn:
-        result = auth.check_token(conn, request.headers.get("authorization"))
+def authenticated(request: Request) -> tokens.Actor:
+    """The actor of a valid API token (checked by ``gate.AdminGate`` before the body, else here), or 401/429."""
+    result = getattr(request.state, ADMIN_STATE, None)
+    if result is None:
+        ctx = context(request)
+        result = tokens.authenticate(ctx.engine, request.headers.get("authorization"), client_address(request),
+                                     limit=ctx.settings.auth_failure_limit, window_s=ctx.settings.rate_window)
     if not result.ok:
-        raise _unauthorized(result.code or "unauthenticated")
-    return result.token_id or ""
+        raise tokens.unauthorized(result.code or "unauthenticated")
+    return result.actor
 
 
-Admin = Annotated[str, Depends(require_admin)]
+def require_token(request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+                  ) -> tokens.Actor:
+    """Any valid API token (operator or admin): images and the audit log."""
+    return authenticated(request)
+
+
+Caller = Annotated[tokens.Actor, Depends(require_token)]
 router = APIRouter(prefix=f"/{API_VERSION}")
 
 
@@ -115,7 +117,7 @@ async def attest_challenge(request: Request) -> Any:
              responses={403: {"model": ErrorBody, "description": "attestation_refused, naming the failed check"},
                         **ATTEST_ERRORS})
 async def attest_verify(request: Request, body: VerifyRequest) -> Any:
-    return JSONResponse(attestation.verify(context(request), client_address(request), body))
+    return JSONResponse(await attestation.verify(context(request), client_address(request), body))
 
 
 # -- health and public facts ------------------------------------------------------------------------
@@ -147,9 +149,11 @@ def ready(request: Request) -> Any:
             summary="what agents and conversion need: the ingestion key and the protocol constants")
 def public_info(request: Request) -> dict[str, Any]:
     ctx = context(request)
+    with read_tx(ctx.engine) as conn:
+        ingestion = keys.ingestion_public(conn)
     return {
         "version": SERVER_VERSION, "api": API_VERSION,
-        "ingestion_public_key": ctx.ingestion_public_b64,
+        "ingestion_public_key": base64.b64encode(ingestion.public).decode(),
         "hpke_suite": HPKE_SUITE_NAME, "hpke_suite_ids": list(HPKE_SUITE_IDS),
         "key_release_info_label": KEY_RELEASE_LABEL.decode(), "ingest_info_label": INGEST_LABEL.decode(),
         "report_data_label": REPORT_DATA_LABEL.decode(),
@@ -166,33 +170,33 @@ def public_info(request: Request) -> dict[str, Any]:
              responses={200: {"model": ImageOut, "description": "unchanged, or replaced with replace=true"},
                         409: {"model": ErrorBody, "description": "name or measurement taken"},
                         413: {"model": ErrorBody}, **ADMIN_ERRORS})
-def register_image(request: Request, body: ImageCreate, _admin: Admin) -> Any:
+def register_image(request: Request, body: ImageCreate, _caller: Caller) -> Any:
     status, out = images.register(context(request), body)
     return JSONResponse(jsonable_encoder(out), status_code=status)
 
 
 @router.get("/images", response_model=ImageList, tags=["images"], responses=ADMIN_ERRORS)
-def list_images(request: Request, _admin: Admin) -> dict[str, Any]:
+def list_images(request: Request, _caller: Caller) -> dict[str, Any]:
     return {"items": images.list_images(context(request))}
 
 
 @router.get("/images/{image_id}", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
-def get_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+def get_image(request: Request, image_id: ImageId, _caller: Caller) -> dict[str, Any]:
     return images.get_image(context(request), str(image_id))
 
 
 @router.post("/images/{image_id}/enable", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
-def enable_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+def enable_image(request: Request, image_id: ImageId, _caller: Caller) -> dict[str, Any]:
     return images.set_enabled(context(request), str(image_id), True)
 
 
 @router.post("/images/{image_id}/disable", response_model=ImageOut, tags=["images"], responses=ADMIN_ERRORS)
-def disable_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+def disable_image(request: Request, image_id: ImageId, _caller: Caller) -> dict[str, Any]:
     return images.set_enabled(context(request), str(image_id), False)
 
 
 @router.delete("/images/{image_id}", response_model=Deleted, tags=["images"], responses=ADMIN_ERRORS)
-def delete_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str, Any]:
+def delete_image(request: Request, image_id: ImageId, _caller: Caller) -> dict[str, Any]:
     images.delete_image(context(request), str(image_id))
     return {"id": str(image_id), "deleted": True}
 
@@ -201,8 +205,13 @@ def delete_image(request: Request, image_id: ImageId, _admin: Admin) -> dict[str
             summary="the launch-artifacts bundle (tar.gz)",
             responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "the bundle"}, **ADMIN_ERRORS})
-def get_bundle(request: Request, image_id: ImageId, _admin: Admin) -> Response:
-    name, data, sha256 = images.get_bundle(context(request), str(image_id))
+def get_bundle(request: Request, image_id: ImageId, _caller: Caller) -> Response:
+    return bundle_response(context(request), str(image_id))
+
+
+def bundle_response(ctx: ServerContext, image_id: str) -> Response:
+    """The bundle download (the API's and the dashboard's)."""
+    name, data, sha256 = images.get_bundle(ctx, image_id)
     # The name matches ^[A-Za-z0-9][A-Za-z0-9._-]*$: safe in a header and as a file name.
     return Response(data, media_type="application/gzip", headers={
         "Content-Disposition": f'attachment; filename="{name}.bundle.tar.gz"', "X-Content-SHA256": sha256,
@@ -212,13 +221,13 @@ def get_bundle(request: Request, image_id: ImageId, _admin: Admin) -> Response:
 # -- tokens ---------------------------------------------------------------------------------------------
 
 
-def _token_admin(request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-                 _basic: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str:
-    """A valid API token, or the master password (so a fresh server can mint its first token)."""
+def _token_minter(request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                  _basic: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> tokens.Actor:
+    """An API token (its scope decides), or the master password (so a fresh server can mint its first token)."""
     header = request.headers.get("authorization")
     password = auth.basic_auth_password(header)
     if password is None:
-        return require_admin(request, None)
+        return authenticated(request)
     ctx = context(request)
     with write_tx(ctx.engine) as conn:
         ratelimit.hit(conn, f"login:{client_address(request)}", 20, 60, now_ms())
@@ -227,50 +236,66 @@ def _token_admin(request: Request, _bearer: Annotated[HTTPAuthorizationCredentia
     if not ok:
         raise ApiError(401, "password_invalid", "the master password is not correct",
                        headers={"WWW-Authenticate": 'Basic realm="snpguard"'})
-    return "master-password"
+    return tokens.MASTER
+
+
+def token_out(row: Any, now: int) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "created_at": _ts(row.created_at), "expires_at": _ts(row.expires_at),
+            "revoked_at": _ts(row.revoked_at), "last_used_at": _ts(row.last_used_at),
+            "state": tokens.state_of(row, now), "scope": row.scope, "parent_id": row.parent_id}
+
+
+def expires_ms_of(body: TokenCreate) -> int | None:
+    if body.expires_at is None:
+        return None
+    when = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
+    try:
+        expires_ms = int(when.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at") from exc
+    if not 0 <= expires_ms < 1 << 62:
+        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at")
+    return expires_ms
+
+
+def mint_token(ctx: ServerContext, actor: tokens.Actor, body: TokenCreate) -> dict[str, Any]:
+    """POST /v1/tokens as a service (the dashboard mints as the master password)."""
+    expires_ms = expires_ms_of(body)
+    with write_tx(ctx.engine) as conn:
+        made = tokens.mint(conn, actor, body.name, expires_ms, body.scope)
+    return {**made, "created_at": _ts(made["created_at"]), "expires_at": _ts(made["expires_at"])}
+
+
+def token_list(ctx: ServerContext, actor: tokens.Actor) -> list[dict[str, Any]]:
+    now = now_ms()
+    with read_tx(ctx.engine) as conn:
+        return [token_out(row, now) for row in tokens.list_tokens(conn, actor)]
+
+
+def token_revoke(ctx: ServerContext, actor: tokens.Actor, token_id: str) -> dict[str, Any]:
+    with write_tx(ctx.engine) as conn:
+        newly = tokens.revoke(conn, actor, token_id)
+    return {"id": token_id, "revoked": True, "cascaded": sorted(t for t in newly if t != token_id)}
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201, tags=["tokens"],
-             summary="create an API token (shown once); accepts the master password as HTTP Basic",
-             responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}})
-def create_token(request: Request, body: TokenCreate, _who: Annotated[str, Depends(_token_admin)]) -> dict[str, Any]:
-    expires_ms = None
-    if body.expires_at is not None:
-        when = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
-        try:
-            expires_ms = int(when.timestamp() * 1000)
-        except (OverflowError, ValueError, OSError) as exc:
-            raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at") from exc
-        if not 0 <= expires_ms < 1 << 62:
-            raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at")
-    with write_tx(context(request).engine) as conn:
-        token_id, token, created = auth.create_token(conn, body.name, expires_ms)
-    return {"id": token_id, "name": body.name, "token": token, "created_at": _ts(created),
-            "expires_at": _ts(expires_ms)}
+             summary="create an API token (shown once): with the master password (HTTP Basic) or an admin token",
+             responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
+def create_token(request: Request, body: TokenCreate, actor: Annotated[tokens.Actor, Depends(_token_minter)]
+                 ) -> dict[str, Any]:
+    return mint_token(context(request), actor, body)
 
 
-@router.get("/tokens", response_model=TokenList, tags=["tokens"], responses=ADMIN_ERRORS)
-def list_tokens(request: Request, _admin: Admin) -> dict[str, Any]:
-    now = now_ms()
-    with read_tx(context(request).engine) as conn:
-        rows = conn.execute(select(tokens).order_by(tokens.c.created_at)).all()
-    return {"items": [{
-        "id": r.id, "name": r.name, "created_at": _ts(r.created_at), "expires_at": _ts(r.expires_at),
-        "revoked_at": _ts(r.revoked_at), "last_used_at": _ts(r.last_used_at),
-        "state": "revoked" if r.revoked_at is not None else
-                 "expired" if r.expires_at is not None and r.expires_at <= now else "active",
-    } for r in rows]}
+@router.get("/tokens", response_model=TokenList, tags=["tokens"], responses=ADMIN_ERRORS,
+            summary="API tokens (never their secrets): all for admin tokens, else the caller and those below it")
+def list_tokens(request: Request, actor: Caller) -> dict[str, Any]:
+    return {"items": token_list(context(request), actor)}
 
 
-@router.delete("/tokens/{token_id}", response_model=TokenRevoked, tags=["tokens"], responses=ADMIN_ERRORS)
-def revoke_token(request: Request, token_id: TokenId, _admin: Admin) -> dict[str, Any]:
-    with write_tx(context(request).engine) as conn:
-        row = conn.execute(select(tokens.c.id, tokens.c.revoked_at).where(tokens.c.id == token_id)).first()
-        if row is None:
-            raise ApiError(404, "not_found", "no such token", field="id")
-        if row.revoked_at is None:
-            conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=now_ms()))
-    return {"id": token_id, "revoked": True}
+@router.delete("/tokens/{token_id}", response_model=TokenRevoked, tags=["tokens"], responses=ADMIN_ERRORS,
+               summary="revoke a token and every token it minted (admin: any; operator: itself and below)")
+def revoke_token(request: Request, token_id: TokenId, actor: Caller) -> dict[str, Any]:
+    return token_revoke(context(request), actor, token_id)
 
 
 # -- audit -----------------------------------------------------------------------------------------------
@@ -278,7 +303,7 @@ def revoke_token(request: Request, token_id: TokenId, _admin: Admin) -> dict[str
 
 @router.get("/audit", response_model=AuditList, tags=["audit"], summary="attestation decisions, newest first",
             responses=ADMIN_ERRORS)
-def get_audit(request: Request, _admin: Admin,
+def get_audit(request: Request, _caller: Caller,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
               image: Annotated[str | None, Query(max_length=128, description="image id or name")] = None,

@@ -25,6 +25,7 @@ from .config import Settings
 from .context import ServerContext, build_context
 from .db import WalCheckpointer
 from .fastpath import AttestFastPath
+from .gate import AdminGate
 from .limits import BodyLimitMiddleware
 from .tls import TlsFiles
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings, *, tls: TlsFiles | None = None, ctx: ServerCo
 
     install_web(app, ctx)
     app.add_middleware(AttestFastPath, ctx=ctx)
+    app.add_middleware(AdminGate, ctx=ctx)  # token checked before any body is read
     app.add_middleware(BodyLimitMiddleware, settings=settings)  # added last: runs first
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

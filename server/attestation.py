@@ -1,23 +1,28 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""The server's half of the key-release protocol (DESIGN §3): challenge, verify, release.
+"""The server's half of the key-release protocol (v1, see ``keyrelease``): challenge, verify, release.
 
 A verify request runs in three steps so that the database is locked only briefly:
 
 1. one statement, outside any transaction, reads the rate-limit count, the session
-   and the image registered for the report's measurement (step 3 re-checks what
-   matters atomically: that the session is unconsumed and the image enabled);
-2. no transaction: the report is verified completely by ``attest()`` (AMD chain or a
-   configured simulated root, signature, REPORT_DATA binding, measurement, policy,
-   minimum TCB, ID/author keys, host data, VMPL 0) and, only if everything passed,
-   the volume key is HPKE-sealed to the agent's key;
+   and the image registered for the report's measurement;
+2. no transaction: first everything that needs no certificate (session unknown,
+   replayed or expired; the agent's key, refused if it is a low-order point; the
+   report's format and signature shape; measurement registered, image enabled), then
+   the certificates (the request's, the cache, or AMD KDS off the event loop: see
+   ``collateral_fetch``) and ``attest()`` (chain, signature, REPORT_DATA binding,
+   measurement, policy, minimum TCB, ID/author keys, host data, VMPL 0); only if
+   everything passed is the volume key HPKE-sealed to the agent's key.  An unexpected
+   exception here is a refusal named ``internal``, never a 500;
 3. one write transaction makes the decision durable: count the request against the
-   rate limit, consume the session (only if still unconsumed — a concurrent replay
-   loses here), count the release on the image (only if still enabled), and write
-   the audit row.  The sealed key leaves the
-   server only after that commit.
+   rate limit, consume the session (only if still unconsumed and unexpired — a
+   concurrent replay loses here), count the release on the image (only if it is still
+   enabled, unchanged and the owner of the measurement), and write the audit row.
+   The sealed key leaves the server only after that commit.
 
-Every refusal names the failed check (to the caller and in the audit log); the key,
+Every request that passes schema validation is audited and consumes its session,
+whatever the outcome.  The caller learns the failed check's name and a short reason;
+the audit log (admins only) has the whole message, with expected values.  The key,
 the nonce and the report's secrets never appear in either.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import random
 import uuid
@@ -35,21 +41,23 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..plugins.module_utils.collateral import CollateralSources, resolve_collateral
-from ..plugins.module_utils.keyrelease import HPKE_SUITE_NAME, X25519_KEY_SIZE, seal_volume_key, wipe
+from ..plugins.module_utils.keyrelease import HPKE_SUITE_NAME, X25519_KEY_SIZE, check_public_key, seal_volume_key, wipe
+from ..plugins.module_utils.snp import sev_keys
 from ..plugins.module_utils.snp.attest import attest
 from ..plugins.module_utils.snp.binding import NONCE_SIZE, report_data_binding
 from ..plugins.module_utils.snp.cert_table import parse_cert_table
 from ..plugins.module_utils.snp.checks import VerificationError
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, parse_report
-from ..plugins.module_utils.snp.validate import Expectations
 from . import kek, ratelimit
+from .collateral_fetch import Refused
 from .context import ServerContext
 from .db import HotSql, audit, autocommit, hot_batch, now_ms, read_tx, write_tx
 from .errors import ApiError
 from .images import expectations_for
 from .schemas import VerifyRequest
+
+log = logging.getLogger("snpguard.server")
 
 SWEEP_PROBABILITY = 0.01
 KEEP_SESSIONS_MS = 3600 * 1000
@@ -63,14 +71,19 @@ _LOOKUP = HotSql(f"""
     SELECT ({ratelimit.COUNT_SQL}) AS rate_count,
            s.nonce AS nonce, s.expires_at AS expires_at, s.consumed_at AS consumed_at,
            i.id AS id, i.name AS name, i.enabled AS enabled, i.spec AS spec, i.volume_key_enc AS volume_key_enc,
-           i.id_key_digest AS id_key_digest
+           i.id_key_digest AS id_key_digest, i.updated_at AS updated_at
     FROM (SELECT 1 AS one) AS anchor
     LEFT JOIN attest_sessions s ON s.id = :session_id
     LEFT JOIN measurements m ON m.measurement = :measurement
     LEFT JOIN images i ON i.id = m.image_id""")
-_CONSUME = HotSql("UPDATE attest_sessions SET consumed_at = :now WHERE id = :id AND consumed_at IS NULL")
+# The final transaction re-checks what the decision relied on: the session unconsumed and unexpired; the
+# image enabled, unchanged since step 1 (replace and enable/disable move updated_at), and still the owner of
+# the measurement.
+_CONSUME = HotSql("UPDATE attest_sessions SET consumed_at = :now "
+                  "WHERE id = :id AND consumed_at IS NULL AND expires_at > :now")
 _RELEASED = HotSql("UPDATE images SET release_count = release_count + 1, last_release_at = :now "
-                   "WHERE id = :id AND enabled = TRUE")
+                   "WHERE id = :id AND enabled = TRUE AND updated_at = :updated_at AND EXISTS "
+                   "(SELECT 1 FROM measurements m WHERE m.image_id = images.id AND m.measurement = :measurement)")
 _REFUSED = HotSql("UPDATE images SET refusal_count = refusal_count + 1 WHERE id = :id")
 _UNRELEASE = HotSql("UPDATE images SET release_count = release_count - 1 WHERE id = :id")
 _AUDIT = HotSql("INSERT INTO audit (at, source, session_id, image_id, image_name, measurement, reported_tcb, "
@@ -83,13 +96,42 @@ _AUDIT_REFUSED = HotSql("UPDATE audit SET result = 'refused', check_name = :chec
 @dataclass
 class Decision:
     check: str | None  # None: released
-    message: str
+    message: str  # the whole story, for the audit log (may hold expected values and server paths)
     image: Any = None
     product: Any = None
 
     @property
     def released(self) -> bool:
         return self.check is None
+
+    @property
+    def public_message(self) -> str:
+        """What an unauthenticated caller is told: the check and a short reason, never expected values."""
+        assert self.check is not None
+        reason = PUBLIC_REASONS.get(self.check)
+        if reason is None:
+            reason = f"the report failed the {self.check} check"
+        return reason + " (details in the server's audit log)"
+
+
+#: Short reasons for the refusals decided here; verification checks say only their name.
+PUBLIC_REASONS = {
+    "session.unknown": "no such session (ask /v1/attest/challenge for one)",
+    "session.replayed": "this session was already used; every nonce is single-use",
+    "session.expired": "the nonce has expired",
+    "request.agent_public_key": "agent_public_key must be a raw 32-byte X25519 public key of full order, base64",
+    "report.format": f"report must be {REPORT_SIZE} bytes of a valid attestation report, base64",
+    "report.signature_shape": "the report's signature is not an ECDSA P-384 signature",
+    "request.certs": "certs must be a base64 certificate table",
+    "collateral": "the certificate chain for this report could not be assembled",
+    "collateral.busy": "too many certificate fetches from AMD KDS in progress; retry",
+    "measurement": "the launch measurement is not registered to any image",
+    "image.disabled": "the image is disabled",
+    "image.changed": "the image was changed or removed during the handshake; retry",
+    "internal": "internal error while deciding",
+}
+
+P384_ORDER = int("ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973", 16)
 
 
 def _iso(ms: int) -> datetime:
@@ -137,86 +179,119 @@ def _reported_tcb(report: AttestationReport | None, product: Any) -> str | None:
     return json.dumps({"raw": f"{report.reported_tcb_raw:016x}"})
 
 
-def _decide(ctx: ServerContext, req: VerifyRequest, session: Any, report: AttestationReport | None,
-            image: Any, generated: str | None, agent_key: bytes | None, certs: bytes | None,
-            now: int) -> Decision:
-    """Every check, in order: session, request shape, report authenticity, then the image's policy."""
+@dataclass
+class Request:
+    """A verify request, decoded (each part None when it did not decode)."""
+
+    body: VerifyRequest
+    raw_report: bytes | None
+    report: AttestationReport | None
+    agent_key: bytes | None
+    certs: bytes | None
+
+    @classmethod
+    def decode(cls, body: VerifyRequest) -> Request:
+        raw_report = _b64(body.report)
+        report = None
+        if raw_report is not None and len(raw_report) == REPORT_SIZE:
+            try:
+                report = parse_report(raw_report)
+            except SnpError:
+                report = None
+        return cls(body, raw_report, report, _b64(body.agent_public_key),
+                   _b64(body.certs) if body.certs is not None else None)
+
+
+def _cheap_checks(req: Request, session: Any, image: Any, now: int) -> Decision | None:
+    """Everything decidable without certificates, in order; None when the report must be verified."""
     if session is None:
         return Decision("session.unknown", "no such session (ask /v1/attest/challenge for one)", image)
     if session.consumed_at is not None:
         return Decision("session.replayed", "this session was already used; every nonce is single-use", image)
     if session.expires_at <= now:
         return Decision("session.expired", f"the nonce expired {(now - session.expires_at) // 1000} s ago", image)
-    if agent_key is None or len(agent_key) != X25519_KEY_SIZE:
-        return Decision("request.agent_public_key", "agent_public_key must be a raw 32-byte X25519 key, base64")
-    if report is None:
-        return Decision("report.format", f"report must be {REPORT_SIZE} bytes of a valid attestation report, base64")
-    if req.certs is not None and certs is None:
-        return Decision("request.certs", "certs is not valid base64")
+    if req.agent_key is None or len(req.agent_key) != X25519_KEY_SIZE:
+        return Decision("request.agent_public_key", "agent_public_key must be a raw 32-byte X25519 key, base64",
+                        image)
     try:
-        extended = parse_cert_table(certs, field="certs") if certs else None
-        collateral = resolve_collateral(report, CollateralSources(extended=extended, kds=ctx.kds,
-                                                                  fetch_crl=ctx.settings.require_crl))
+        check_public_key(req.agent_key, "agent_public_key")
     except SnpError as exc:
-        return Decision("collateral", f"cannot assemble the certificate chain: {exc}")
-    binding = report_data_binding(bytes(session.nonce), agent_key)
-    spec = json.loads(image.spec) if image is not None else None
+        return Decision("request.agent_public_key", str(exc), image)
+    report = req.report
+    if report is None:
+        return Decision("report.format", f"report must be {REPORT_SIZE} bytes of a valid attestation report, base64",
+                        image)
+    if report.signature_algo != sev_keys.ALGO_ECDSA_P384_SHA384 or not (
+            0 < report.signature_r < P384_ORDER and 0 < report.signature_s < P384_ORDER):
+        return Decision("report.signature_shape", f"SIGNATURE_ALGO {report.signature_algo}, R and S must be in "
+                        "[1, n) of P-384", image)
+    if req.body.certs is not None and req.certs is None:
+        return Decision("request.certs", "certs is not valid base64", image)
+    if image is None:
+        return Decision("measurement", f"measurement {report.measurement.hex()} is not registered to any image")
+    if not image.enabled:
+        return Decision("image.disabled", f"image {image.name!r} is disabled", image)
+    return None
+
+
+async def _verified(ctx: ServerContext, req: Request, session: Any, image: Any) -> Decision:
+    """The report's authenticity and the image's policy (certificates from the request, cache or KDS)."""
+    report = req.report
+    assert report is not None and req.agent_key is not None
     try:
-        if spec is not None:
-            expect = expectations_for(spec, generated, report.measurement, binding)
-        else:
-            expect = Expectations(report_data=binding, vmpl=0)
+        extended = parse_cert_table(req.certs, field="certs") if req.certs else None
+    except SnpError as exc:
+        return Decision("request.certs", f"certs is not a certificate table: {exc}", image)
+    try:
+        collateral = await ctx.collateral.resolve(report, extended)
+    except Refused as exc:
+        return Decision(exc.check, exc.detail, image)
+    binding = report_data_binding(bytes(session.nonce), req.agent_key)
+    try:
+        expect = expectations_for(json.loads(image.spec), image.id_key_digest, report.measurement, binding)
         result = attest(report, collateral, ctx.trust(), expect)
     except VerificationError as exc:
         return Decision(exc.check, str(exc), image)
     except SnpError as exc:
         return Decision(exc.field or "report", str(exc), image)
-    if image is None:
-        return Decision("measurement", f"measurement {report.measurement.hex()} is not registered to any image",
-                        None, result.product)
-    if not image.enabled:
-        return Decision("image.disabled", f"image {image.name!r} is disabled", image, result.product)
     return Decision(None, "released", image, result.product)
 
 
-def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any]:
+async def verify(ctx: ServerContext, source: str, body: VerifyRequest) -> dict[str, Any]:
     settings = ctx.settings
     now = now_ms()
-    raw_report = _b64(req.report)
-    agent_key = _b64(req.agent_public_key)
-    certs = _b64(req.certs) if req.certs is not None else None
-    report: AttestationReport | None = None
-    if raw_report is not None and len(raw_report) == REPORT_SIZE:
-        try:
-            report = parse_report(raw_report)
-        except SnpError:
-            report = None
+    req = Request.decode(body)
+    report = req.report
     measurement = report.measurement.hex() if report is not None else None
 
     # 1. rate limit, session, image: one read (the request is counted in step 3).
     with autocommit(ctx.engine) as conn:
-        row = _LOOKUP(conn, session_id=req.session_id, measurement=measurement,
+        row = _LOOKUP(conn, session_id=body.session_id, measurement=measurement,
                       **ratelimit.count_params(f"attest:{source}", settings.rate_window, now)).first()
     ratelimit.refuse_if_over(row.rate_count, settings.rate_limit, settings.rate_window, now)
     session = row if row.expires_at is not None else None
     image = row if row.id is not None else None
 
-    # 2. verification and sealing, outside any transaction.
-    decision = _decide(ctx, req, session, report, image, image.id_key_digest if image is not None else None,
-                       agent_key, certs, now)
+    # 2. the decision (cheap checks first; certificates maybe from KDS, off the loop), then sealing.  Whatever
+    # goes wrong here is a refusal that is audited and consumes the session, never a 500 that leaves it usable.
     sealed: bytes | None = None
-    if decision.released:
-        volume_key = kek.open_blob(ctx.kek, bytes(image.volume_key_enc), kek.VOLUME_KEY_AAD + image.id.encode(),
-                                   what="volume key")
-        try:
-            sealed = seal_volume_key(volume_key, agent_key, req.session_id, raw_report)
-        finally:
-            wipe(volume_key)
+    try:
+        decision = _cheap_checks(req, session, image, now) or await _verified(ctx, req, session, image)
+        if decision.released:
+            volume_key = ctx.keys.open(image.volume_key_enc, kek.VOLUME_KEY_AAD + image.id.encode(),
+                                       what="volume key")
+            try:
+                sealed = seal_volume_key(volume_key, req.agent_key, body.session_id, req.raw_report)
+            finally:
+                wipe(volume_key)
+    except Exception as exc:  # a bug or a broken key store: refuse (and log), never release
+        log.exception("attestation: unexpected error while deciding", exc_info=exc)
+        decision, sealed = Decision("internal", f"unexpected {type(exc).__name__} while deciding: {exc}", image), None
 
-    # 3. the decision, durable and atomic: count the request, consume the session, count the release or
-    # refusal, write the audit row -- one batch (one round trip on PostgreSQL).  If a concurrent request
-    # consumed the session or disabled the image meanwhile, the same transaction turns the release into
-    # that refusal before it commits.
+    # 3. the decision, durable and atomic: count the request, consume the session (only if still unconsumed and
+    # unexpired), count the release (only if the image is still the same and enabled) or the refusal, write the
+    # audit row -- one batch (one round trip on PostgreSQL).  If the session or the image changed meanwhile,
+    # the same transaction turns the release into that refusal before it commits.
     with write_tx(ctx.engine) as conn:
         calls: list[tuple[HotSql, dict[str, Any]]] = []
         if settings.rate_limit > 0:
@@ -224,14 +299,15 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
         consume_at = release_at = None
         if session is not None:
             consume_at = len(calls)
-            calls.append((_CONSUME, {"now": now, "id": req.session_id}))
+            calls.append((_CONSUME, {"now": now, "id": body.session_id}))
         if decision.released:
             release_at = len(calls)
-            calls.append((_RELEASED, {"now": now, "id": image.id}))
+            calls.append((_RELEASED, {"now": now, "id": image.id, "updated_at": image.updated_at,
+                                      "measurement": measurement}))
         elif decision.image is not None:
             calls.append((_REFUSED, {"id": decision.image.id}))
         calls.append((_AUDIT, {
-            "at": now, "source": source[:64], "session_id": req.session_id if session is not None else None,
+            "at": now, "source": source[:64], "session_id": body.session_id if session is not None else None,
             "image_id": decision.image.id if decision.image is not None else None,
             "image_name": decision.image.name if decision.image is not None else None,
             "measurement": measurement, "reported_tcb": _reported_tcb(report, decision.product),
@@ -241,11 +317,12 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
         consumed = consume_at is None or results[consume_at].rowcount == 1
         counted = release_at is None or results[release_at].rowcount == 1
         late = None
-        if not consumed and decision.check != "session.replayed":
-            late = Decision("session.replayed", "this session was used concurrently", decision.image,
-                            decision.product)
+        if not consumed and decision.check not in ("session.replayed", "session.expired"):
+            late = Decision("session.replayed", "this session was used concurrently, or expired during the "
+                            "handshake", decision.image, decision.product)
         elif not counted:
-            late = Decision("image.disabled", f"image {image.name!r} was disabled", image, decision.product)
+            late = Decision("image.changed", f"image {image.name!r} was disabled, replaced or deleted during the "
+                            "handshake", image, decision.product)
         if late is not None:
             fixes = [(_AUDIT_REFUSED, {"id": results[-1].scalar_one(), "check_name": late.check,
                                        "message": late.message})]
@@ -257,9 +334,9 @@ def verify(ctx: ServerContext, source: str, req: VerifyRequest) -> dict[str, Any
             decision, sealed = late, None
 
     if not decision.released or sealed is None:
-        raise ApiError(403, "attestation_refused", decision.message, check=decision.check)
+        raise ApiError(403, "attestation_refused", decision.public_message, check=decision.check)
     return {"image": {"id": image.id, "name": image.name}, "sealed_key": base64.b64encode(sealed).decode(),
-            "session_id": req.session_id, "hpke_suite": HPKE_SUITE_NAME}
+            "session_id": body.session_id, "hpke_suite": HPKE_SUITE_NAME}
 
 
 def audit_entries(ctx: ServerContext, limit: int, offset: int, image: str | None) -> list[dict[str, Any]]:

@@ -4,9 +4,7 @@
 
 * The master password is generated (192 random bits), printed once and stored only as
   a PBKDF2-SHA256 hash (passlib, pure Python: no C-extension surprises).
-* API tokens are ``sgt_<id>_<secret>``: the id finds the row, the secret is checked
-  against its hash.  Secrets are 256 random bits, so a low PBKDF2 round count costs an
-  attacker nothing they could use and keeps every admin request cheap.
+* API tokens: see ``tokens``.
 * Dashboard sessions (for the web UI built on top): a random cookie whose SHA-256 is
   the row id, with a per-session CSRF token; cookies are HttpOnly, SameSite=Strict and
   Secure unless the server runs on plain HTTP.  All of it lives in the database, so
@@ -19,22 +17,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from passlib.hash import pbkdf2_sha256
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from .db import now_ms, settings_table, tokens, web_sessions
+from .db import now_ms, settings_table, web_sessions
 
 MASTER_HASH = pbkdf2_sha256.using(rounds=600_000)
-TOKEN_HASH = pbkdf2_sha256.using(rounds=1_000)
-TOKEN_PREFIX = "sgt"
-TOKEN_RE = re.compile(r"^sgt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-TOKEN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MASTER_SETTING = "master_password_hash"
 COOKIE_NAME = "snpguard_session"
 SESSION_TTL_MS = 12 * 3600 * 1000
@@ -83,55 +75,6 @@ def basic_auth_password(header: str | None) -> str | None:
         return None
     _user, sep, password = decoded.partition(":")
     return password if sep else None
-
-
-# -- API tokens ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenCheck:
-    """Outcome of checking a bearer token; ``code`` names why it was refused."""
-
-    token_id: str | None
-    code: str | None  # None when valid: else unauthenticated, token_invalid, token_revoked, token_expired
-
-    @property
-    def ok(self) -> bool:
-        return self.code is None
-
-
-def create_token(conn: Connection, name: str, expires_at_ms: int | None) -> tuple[str, str, int]:
-    """Insert a token; returns (id, the full token shown once, created_at)."""
-    token_id = secrets.token_hex(8)
-    secret = secrets.token_urlsafe(32)
-    created = now_ms()
-    conn.execute(insert(tokens).values(id=token_id, name=name, secret_hash=TOKEN_HASH.hash(secret),
-                                       created_at=created, expires_at=expires_at_ms))
-    return token_id, f"{TOKEN_PREFIX}_{token_id}_{secret}", created
-
-
-def check_token(conn: Connection, header: str | None, *, touch: bool = True) -> TokenCheck:
-    """Validate ``Authorization: Bearer sgt_…`` against the tokens table."""
-    if not header or not header.lower().startswith("bearer "):
-        return TokenCheck(None, "unauthenticated")
-    match = TOKEN_RE.match(header[7:].strip())
-    if not match:
-        return TokenCheck(None, "token_invalid")
-    token_id, secret = match.groups()
-    row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
-    if row is None:
-        TOKEN_HASH.hash(secret)  # same work as a hit: no timing oracle for token ids
-        return TokenCheck(None, "token_invalid")
-    if not TOKEN_HASH.verify(secret, row.secret_hash):
-        return TokenCheck(None, "token_invalid")
-    now = now_ms()
-    if row.revoked_at is not None:
-        return TokenCheck(token_id, "token_revoked")
-    if row.expires_at is not None and row.expires_at <= now:
-        return TokenCheck(token_id, "token_expired")
-    if touch and (row.last_used_at is None or now - row.last_used_at > 60_000):
-        conn.execute(update(tokens).where(tokens.c.id == token_id).values(last_used_at=now))
-    return TokenCheck(token_id, None)
 
 
 # -- dashboard sessions -----------------------------------------------------------------------------

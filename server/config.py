@@ -51,6 +51,21 @@ class Settings:
     log_level: str = "info"
     db_pool_size: int = 16
     threads: int = 16  # handler threads per worker process (anyio's default is 40)
+    # Hostile clients (see transport.py): time and size budgets of one connection.
+    header_timeout: float = 10.0  # seconds for the request head
+    body_timeout: float = 30.0  # seconds for a body, plus its length at min_body_rate
+    min_body_rate: int = 64 << 10  # bytes per second
+    max_header_bytes: int = 32 << 10
+    max_headers: int = 100
+    max_connections_per_address: int = 64  # per worker process
+    tls_handshake_timeout: float = 10.0
+    # AMD KDS, when a report comes without its VCEK (see attestation_collateral.py).
+    kds_timeout: float = 5.0  # seconds per fetch; never retried inside a request
+    kds_concurrency: int = 4  # fetches in flight per worker; more are refused at once
+    kds_failure_ttl: int = 300  # seconds a failed (chip, TCB) is refused without asking KDS again
+    kds_url: str | None = None  # KDS base URL (default AMD's); tests point it at a local stub
+    # Failed bearer-token attempts per client address and rate window before 429 (0 disables).
+    auth_failure_limit: int = 20
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -105,9 +120,19 @@ class Settings:
         self.host_port  # noqa: B018 - validates
         self.workers = _resolve_workers(self.workers, self.database_url)
         for name, low in (("nonce_ttl", 1), ("rate_window", 1), ("max_body", 1024),
-                          ("max_attest_body", 1024), ("max_image_body", 1024), ("rate_limit", 0)):
-            if int(getattr(self, name)) < low:
-                raise SnpError(f"must be >= {low}", field=name)
+                          ("max_attest_body", 1024), ("max_image_body", 1024), ("rate_limit", 0),
+                          ("min_body_rate", 1), ("max_header_bytes", 1024), ("max_headers", 8),
+                          ("max_connections_per_address", 1), ("kds_concurrency", 1), ("kds_failure_ttl", 0),
+                          ("auth_failure_limit", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SnpError(f"must be an integer >= {low}, got {value!r}", field=name)
+        for name in ("header_timeout", "body_timeout", "tls_handshake_timeout", "kds_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+                raise SnpError(f"must be a number of seconds in (0, 3600], got {value!r}", field=name)
+        if self.kds_url is not None and not self.kds_url.startswith("https://"):
+            raise SnpError(f"must be an https:// URL, got {self.kds_url!r}", field="kds_url")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SnpError("give both --tls-cert and --tls-key, or neither", field="tls_cert")
         return self

@@ -8,20 +8,19 @@ read from the database); everything that changes lives in the database.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 
-from ..plugins.module_utils.kds_fetch import https_get
 from ..plugins.module_utils.snp.amd_certs import load_certificate
 from ..plugins.module_utils.snp.errors import SnpError
-from ..plugins.module_utils.snp.kds import KdsClient
 from ..plugins.module_utils.snp.verify import TrustSettings
 from . import state
+from .collateral_fetch import CollateralFetcher
 from .config import Settings
 from .db import head_revision, make_engine, read_tx
+from .keys import KeyStore
 from .tls import TlsFiles, ca_fingerprint
 
 
@@ -29,21 +28,15 @@ from .tls import TlsFiles, ca_fingerprint
 class ServerContext:
     settings: Settings
     engine: Engine
-    kek: bytes
+    keys: KeyStore
     head: str
     simulated_roots: tuple[Any, ...]
-    kds: KdsClient
-    ingestion_private: bytearray
-    ingestion_public: bytes
+    collateral: CollateralFetcher
     tls_ca_sha256: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # for front ends built on top (dashboard)
 
     def trust(self) -> TrustSettings:
         return TrustSettings(simulated_roots=self.simulated_roots, require_crl=self.settings.require_crl)
-
-    @property
-    def ingestion_public_b64(self) -> str:
-        return base64.b64encode(self.ingestion_public).decode()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -63,15 +56,11 @@ def load_simulated_roots(paths: list[str]) -> tuple[Any, ...]:
 def build_context(settings: Settings, tls: TlsFiles | None = None) -> ServerContext:
     """Open the database (already initialised by ``state.initialize``) and load the keys."""
     engine = make_engine(settings.database_url, pool_size=max(settings.db_pool_size, settings.threads))
-    kek_bytes = state.load_kek(settings)
+    store = KeyStore(settings.kek_path)
     with read_tx(engine) as conn:
-        private = state.load_ingestion_private_key(conn, kek_bytes)
-        public = state.ingestion_public_key(conn)
-    kds = KdsClient(fetch=None if settings.offline else https_get, cache_dir=settings.kds_cache_dir,
-                    offline=settings.offline)
+        state.store_opens_ingestion(conn, settings)
     return ServerContext(
-        settings=settings, engine=engine, kek=kek_bytes, head=head_revision(),
-        simulated_roots=load_simulated_roots(settings.simulated_roots), kds=kds,
-        ingestion_private=private, ingestion_public=public,
+        settings=settings, engine=engine, keys=store, head=head_revision(),
+        simulated_roots=load_simulated_roots(settings.simulated_roots), collateral=CollateralFetcher(settings),
         tls_ca_sha256=ca_fingerprint(tls) if tls else None,
     )

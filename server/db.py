@@ -101,6 +101,8 @@ tokens = Table(
     Column("expires_at", BigInteger, nullable=True),
     Column("revoked_at", BigInteger, nullable=True),
     Column("last_used_at", BigInteger, nullable=True),
+    Column("parent_id", String(32), nullable=True, index=True),  # the token that minted it (None: master password)
+    Column("scope", String(16), nullable=False),  # keyrelease.TOKEN_SCOPES
 )
 
 attest_sessions = Table(

@@ -55,7 +55,7 @@ class AttestFastPath:
                 out = attestation.challenge(self.ctx, source)
                 out["expires_at"] = out["expires_at"].isoformat().replace("+00:00", "Z")
             else:
-                out = attestation.verify(self.ctx, source, _parse_verify(body))
+                out = await attestation.verify(self.ctx, source, _parse_verify(body))
             status = 200
         except ApiError as exc:
             status, out, headers = exc.status, exc.body(), exc.headers

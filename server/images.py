@@ -30,13 +30,13 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.id_block import IdAuth, IdBlock, decode_blob
 from ..plugins.module_utils.snp.policy import GuestPolicy, parse_policy
 from ..plugins.module_utils.snp.validate import Expectations, expectations_from_options
-from . import kek
+from . import kek, keys
 from .context import ServerContext
 from .db import bundles, images, measurements, now_ms, read_tx, write_tx
 from .errors import ApiError
 from .schemas import ImageCreate
 
-MAX_BUNDLE = 1 << 30
+MAX_BUNDLE = 512 << 20
 
 
 def _ts(ms: int | None) -> datetime | None:
@@ -185,14 +185,29 @@ def register(ctx: ServerContext, req: ImageCreate) -> tuple[int, dict[str, Any]]
     """POST /v1/images: 201 created, 200 unchanged or replaced, 409 on a conflicting name or measurement."""
     _check_consistency(req)
     sealed = b64decode(req.sealed_volume_key, "sealed_volume_key")
-    try:
-        volume_key = open_ingestion(sealed, ctx.ingestion_private, req.name)
-    except SnpError as exc:
-        raise ApiError(400, "invalid_request", exc.message, field="sealed_volume_key") from exc
+    volume_key = _open_sealed_volume_key(ctx, sealed, req.name)
     try:
         return _register(ctx, req, volume_key)
     finally:
         wipe(volume_key)
+
+
+def _open_sealed_volume_key(ctx: ServerContext, sealed: bytes, name: str) -> bytearray:
+    """Open with the current ingestion key, else with the previous one during its grace period."""
+    with read_tx(ctx.engine) as conn:
+        privates = keys.ingestion_privates(conn, ctx.keys)
+    try:
+        error: SnpError | None = None
+        for private in privates:
+            try:
+                return open_ingestion(sealed, private, name)
+            except SnpError as exc:
+                error = error or exc
+        assert error is not None
+        raise ApiError(400, "invalid_request", error.message, field="sealed_volume_key") from error
+    finally:
+        for private in privates:
+            wipe(private)
 
 
 def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tuple[int, dict[str, Any]]:
@@ -221,7 +236,7 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
     with read_tx(ctx.engine) as conn:
         existing = conn.execute(select(images).where(images.c.name == req.name)).first()
     if existing is not None:
-        old_key = kek.open_blob(ctx.kek, existing.volume_key_enc, kek.VOLUME_KEY_AAD + existing.id.encode(),
+        old_key = ctx.keys.open(existing.volume_key_enc, kek.VOLUME_KEY_AAD + existing.id.encode(),
                                 what="volume key")
         try:
             same_key = same_secret(old_key, volume_key)
@@ -236,17 +251,18 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
                            "set replace to true to replace it", field="name")
 
     image_id = existing.id if existing is not None else str(uuid.uuid4())
+    kek_now = ctx.keys.current()  # every blob of this registration under one KEK, checked in the write below
     id_key_enc = id_key_digest = None
     id_key = None
     if req.generate_id_keys:
         if existing is not None and existing.id_key_enc is not None:
-            pem = kek.open_blob(ctx.kek, existing.id_key_enc, kek.ID_KEY_AAD + image_id.encode(), what="ID key")
+            pem = ctx.keys.open(existing.id_key_enc, kek.ID_KEY_AAD + image_id.encode(), what="ID key")
             id_key = sev_keys.load_private_key(bytes(pem), field="id_key")
             wipe(pem)
             id_key_enc = existing.id_key_enc
         else:
             id_key, pem = sev_keys.generate_private_key()
-            id_key_enc = kek.seal(ctx.kek, pem, kek.ID_KEY_AAD + image_id.encode())
+            id_key_enc = kek.seal(kek_now, pem, kek.ID_KEY_AAD + image_id.encode())
         id_key_digest = sev_keys.key_digest(id_key).hex()
     blocks = _id_blocks(req, id_key, _launch_policy(req))
     bundle = prebuilt
@@ -262,7 +278,7 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
                                          id_blocks=blocks)
         except SnpError as exc:
             raise ApiError(400, "invalid_request", exc.message, field=exc.field) from exc
-    volume_key_enc = kek.seal(ctx.kek, volume_key, kek.VOLUME_KEY_AAD + image_id.encode())
+    volume_key_enc = kek.seal(kek_now, volume_key, kek.VOLUME_KEY_AAD + image_id.encode())
     now = now_ms()
     values = {
         "name": req.name, "content_sha256": content, "spec": json.dumps(spec, sort_keys=True),
@@ -271,6 +287,10 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
     }
     try:
         with write_tx(ctx.engine) as conn:
+            try:
+                keys.require_kek(conn, kek_now)
+            except SnpError as exc:
+                raise ApiError(503, "kek_changed", exc.message, field="kek_file") from exc
             current = conn.execute(select(images.c.id, images.c.updated_at).where(images.c.name == req.name)).first()
             if (current is None) != (existing is None) or (
                     current is not None and existing is not None and current.updated_at != existing.updated_at):

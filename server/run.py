@@ -17,6 +17,7 @@ from ..plugins.module_utils.fileio import create_private
 from .config import ENV_SETTINGS, Settings
 from .state import InitResult, initialize
 from .tls import TlsFiles, ca_fingerprint, ensure_tls
+from .transport import HTTP_PROTOCOL, LOOP_FACTORY
 
 BANNER = "=" * 72
 
@@ -60,6 +61,8 @@ def serve(settings: Settings, *, out: TextIO | None = None, access_log: bool = T
         "proxy_headers": settings.forwarded_allow_ips is not None,
         "forwarded_allow_ips": settings.forwarded_allow_ips, "timeout_keep_alive": 30,
         "server_header": False,
+        # Bounded connections (header size and count, head/body/TLS-handshake deadlines, per-address cap).
+        "http": HTTP_PROTOCOL, "loop": LOOP_FACTORY,
     }
     if tls is not None:
         options.update(ssl_certfile=tls.cert, ssl_keyfile=tls.key)

@@ -9,7 +9,7 @@ error naming the field, never a silently looser check.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -159,9 +159,15 @@ class Deleted(BaseModel):
 # -- tokens ------------------------------------------------------------------------------------------
 
 
+TokenScope = Literal["operator", "admin"]  # keyrelease.TOKEN_SCOPES
+
+
 class TokenCreate(Strict):
     name: str = Field(min_length=1, max_length=128)
-    expires_at: IsoDateTime | None = Field(None, description="ISO 8601; naive times are UTC")
+    expires_at: IsoDateTime | None = Field(None, description="ISO 8601; naive times are UTC; a token minted by "
+                                           "another never outlives it (default: the minting token's expiry)")
+    scope: TokenScope | None = Field(None, description="operator (default: images and audit) or admin (also "
+                                     "tokens); never above the minting token's")
 
 
 class TokenCreated(BaseModel):
@@ -170,6 +176,8 @@ class TokenCreated(BaseModel):
     token: str = Field(description="shown once; store it now")
     created_at: datetime
     expires_at: datetime | None
+    scope: TokenScope
+    parent_id: str | None = Field(description="the token that minted it; null for the master password")
 
 
 class TokenOut(BaseModel):
@@ -180,6 +188,8 @@ class TokenOut(BaseModel):
     revoked_at: datetime | None
     last_used_at: datetime | None
     state: str = Field(description="active, expired or revoked")
+    scope: TokenScope
+    parent_id: str | None
 
 
 class TokenList(BaseModel):
@@ -189,6 +199,7 @@ class TokenList(BaseModel):
 class TokenRevoked(BaseModel):
     id: str
     revoked: bool
+    cascaded: list[str] = Field(default_factory=list, description="tokens below it, revoked with it")
 
 
 # -- attestation --------------------------------------------------------------------------------------

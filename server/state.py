@@ -11,21 +11,17 @@ gets it back, to print once.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from ..plugins.module_utils.keyrelease import generate_x25519, wipe
+from ..plugins.module_utils.keyrelease import wipe
 from ..plugins.module_utils.snp.errors import SnpError
-from . import auth, kek
+from . import auth, kek, keys, tokens
 from .config import CONFIG_NAME, Settings
-from .db import init_lock, make_engine, migrate, now_ms, settings_table, write_tx
-
-INGESTION_PRIVATE = "ingestion_private_key"
-INGESTION_PUBLIC = "ingestion_public_key"
+from .db import init_lock, make_engine, migrate, write_tx
 
 
 @dataclass
@@ -33,45 +29,54 @@ class InitResult:
     master_password: str | None  # set only when this call generated it
     revision: str
     ingestion_public_key: bytes
+    recovered: str | None = None  # what was done about an interrupted KEK rotation
 
 
-def _get(conn: Connection, name: str) -> str | None:
-    row = conn.execute(select(settings_table.c.value).where(settings_table.c.name == name)).first()
-    return row.value if row else None
+def secure_data_dir(settings: Settings) -> None:
+    """Create the data dir 0700, or refuse one that group or others can enter; tighten the files in it.
 
-
-def _put(conn: Connection, name: str, value: str) -> None:
-    conn.execute(insert(settings_table).values(name=name, value=value, updated_at=now_ms()))
+    Files the server creates are 0600 whatever the caller's umask (it is set to 077 here,
+    before SQLite creates the database and its WAL).  Existing state files that are
+    group- or world-readable (from an older version or a copy) are chmod-ed to 0600.
+    """
+    os.umask(0o077)
+    path = settings.data_dir
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        raise SnpError(f"is accessible by group or others (mode {mode:04o}); chmod 700 it", field="data_dir",
+                       path=path)
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.islink(full) or not os.path.isfile(full):
+            continue
+        if os.stat(full).st_mode & 0o077:
+            os.chmod(full, 0o600)
 
 
 def initialize(settings: Settings, engine: Engine | None = None) -> InitResult:
     """Create (or find) everything a server needs; returns a new master password only once."""
-    os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+    secure_data_dir(settings)
     own = engine is None
     engine = engine or make_engine(settings.database_url, pool_size=2)
     try:
         with init_lock(engine, settings.data_dir):
-            kek_bytes = load_kek(settings, create=True)
             revision = migrate(engine)
             password = None
             with write_tx(engine) as conn:
-                public_b64 = _get(conn, INGESTION_PUBLIC)
-                if public_b64 is None:
-                    private, public = generate_x25519()
-                    try:
-                        sealed = kek.seal(kek_bytes, private, kek.INGESTION_KEY_AAD)
-                    finally:
-                        wipe(private)
-                    _put(conn, INGESTION_PRIVATE, base64.b64encode(sealed).decode())
-                    public_b64 = base64.b64encode(public).decode()
-                    _put(conn, INGESTION_PUBLIC, public_b64)
+                recovered = keys.recover_rotation(conn, settings.kek_path)
+                kek_bytes = load_kek(settings, create=keys.get_setting(conn, keys.INGESTION_PUBLIC) is None)
+                if keys.get_setting(conn, keys.INGESTION_PUBLIC) is None:
+                    public = keys.create_ingestion_key(conn, kek_bytes)
                 else:
-                    # A replica with the wrong KEK must fail at start, not at the first registration.
-                    load_ingestion_private_key(conn, kek_bytes)
-                if _get(conn, auth.MASTER_SETTING) is None:
+                    public = keys.ingestion_public(conn).public
+                # A replica with the wrong KEK must fail at start, not at the first registration.
+                keys.record_kek(conn, kek_bytes)
+                store_opens_ingestion(conn, settings)
+                if keys.get_setting(conn, auth.MASTER_SETTING) is None:
                     password = auth.generate_master_password()
                     auth.set_master_password(conn, password)
-        return InitResult(password, revision, base64.b64decode(public_b64))
+        return InitResult(password, revision, public, recovered)
     finally:
         if own:
             engine.dispose()
@@ -81,22 +86,15 @@ def load_kek(settings: Settings, *, create: bool = False) -> bytes:
     return kek.load_or_create_kek(settings.kek_path, create=create)
 
 
-def load_ingestion_private_key(conn: Connection, kek_bytes: bytes) -> bytearray:
-    value = _get(conn, INGESTION_PRIVATE)
-    if value is None:
-        raise SnpError("the server is not initialised (no ingestion key)", field="database")
-    return kek.open_blob(kek_bytes, base64.b64decode(value), kek.INGESTION_KEY_AAD, what="ingestion key")
-
-
-def ingestion_public_key(conn: Connection) -> bytes:
-    value = _get(conn, INGESTION_PUBLIC)
-    if value is None:
-        raise SnpError("the server is not initialised (no ingestion key)", field="database")
-    return base64.b64decode(value)
+def store_opens_ingestion(conn: Connection, settings: Settings) -> None:
+    """Prove the KEK opens the stored ingestion key(s) (wiped at once)."""
+    for private in keys.ingestion_privates(conn, keys.KeyStore(settings.kek_path)):
+        wipe(private)
 
 
 def reset_master_password(settings: Settings) -> str:
     """A new random master password (hash stored, dashboard sessions ended); returned to print once."""
+    secure_data_dir(settings)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with init_lock(engine, settings.data_dir):
@@ -109,15 +107,17 @@ def reset_master_password(settings: Settings) -> str:
         engine.dispose()
 
 
-def create_token_offline(settings: Settings, name: str, expires_at_ms: int | None) -> tuple[str, str]:
+def create_token_offline(settings: Settings, name: str, expires_at_ms: int | None,
+                         scope: str | None = None) -> tuple[str, str]:
     """Mint an API token directly in the database (bootstrap for roles and scripts on the server host)."""
     from sqlalchemy.exc import DBAPIError
 
+    secure_data_dir(settings)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with write_tx(engine) as conn:
-            token_id, token, _created = auth.create_token(conn, name, expires_at_ms)
-        return token_id, token
+            made = tokens.mint(conn, tokens.MASTER, name, expires_at_ms, scope)
+        return made["id"], made["token"]
     except DBAPIError as exc:
         raise SnpError(f"cannot write the token (is the server initialised?): {type(exc.orig).__name__}",
                        field="database") from exc

@@ -27,6 +27,7 @@ import io
 import json
 import re
 import tarfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ from .snp.errors import FormatError, SnpError
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED = ("kernel", "initrd", "cmdline", "firmware.sha384", "launch.json")
 MAX_MEMBERS = 64
+MAX_RATIO = 8
+MIN_EXPANSION_LIMIT = 64 << 20
 
 
 def build_bundle(files: Mapping[str, bytes]) -> bytes:
@@ -87,14 +90,51 @@ def build_launch_bundle(*, kernel: bytes, initrd: bytes, cmdline: str, firmware_
     return build_bundle(files)
 
 
+def gunzip_capped(data: bytes, limit: int, *, field: str = "bundle") -> bytes:
+    """Decompress gzip (one or more members) as a stream, refusing as soon as the output passes ``limit``.
+
+    A small "gzip bomb" can expand a thousandfold; stopping at the limit bounds both the
+    memory and the time it can cost.
+    """
+    out = bytearray()
+    view = memoryview(data)
+    pending = bytes(view)
+    if not pending:
+        raise FormatError("is not gzip: empty", field=field)
+    chunk = 1 << 20
+    while pending:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        source = memoryview(pending)
+        offset = 0
+        try:
+            while not inflater.eof:
+                piece = inflater.unconsumed_tail or bytes(source[offset:offset + chunk])
+                if not inflater.unconsumed_tail:
+                    offset += len(piece)
+                if not piece:
+                    raise FormatError("is not gzip: truncated", field=field)
+                out += inflater.decompress(piece, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise FormatError(f"expands to more than {limit} bytes", field=field)
+        except zlib.error as exc:
+            raise FormatError(f"is not gzip: {exc}", field=field) from exc
+        pending = inflater.unused_data + bytes(source[offset:])
+    return bytes(out)
+
+
+def expansion_limit(compressed_size: int, max_size: int) -> int:
+    """How far a bundle may expand: kernels and initrds are compressed already, so real bundles stay near 1:1."""
+    return min(max_size, max(MIN_EXPANSION_LIMIT, MAX_RATIO * compressed_size))
+
+
 def read_bundle(data: bytes, *, max_size: int = 1 << 30) -> dict[str, bytes]:
-    """Unpack and check a bundle in memory; raises ``FormatError`` naming what is wrong."""
-    try:
-        raw = gzip.decompress(data) if len(data) < max_size else None
-    except (OSError, EOFError) as exc:
-        raise FormatError(f"is not gzip: {exc}", field="bundle") from exc
-    if raw is None or len(raw) > max_size:
+    """Unpack and check a bundle in memory; raises ``FormatError`` naming what is wrong.
+
+    The archive may expand to ``MAX_RATIO`` times its size (at least 64 MiB) and never past ``max_size``.
+    """
+    if len(data) > max_size:
         raise FormatError(f"is larger than {max_size} bytes", field="bundle")
+    raw = gunzip_capped(data, expansion_limit(len(data), max_size))
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 from .snp.binding import NONCE_SIZE, report_data_binding
@@ -38,6 +39,10 @@ HPKE_SUITE_IDS = (0x0020, 0x0001, 0x0002)
 X25519_KEY_SIZE = 32
 ENC_SIZE = 32  # DHKEM(X25519) encapsulated key
 TAG_SIZE = 16
+#: API tokens of the key-release server: ``sgt_<16 hex id>_<43 base64url secret>``.
+TOKEN_RE = re.compile(r"^sgt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+#: Token scopes, weakest first: operator (images, audit), admin (also tokens).
+TOKEN_SCOPES = ("operator", "admin")
 #: Volume keys: LUKS2 keys are 32 or 64 bytes; anything outside this range is a mistake.
 MIN_VOLUME_KEY = 16
 MAX_VOLUME_KEY = 128
@@ -49,8 +54,12 @@ __all__ = [
     "INGEST_LABEL",
     "KEY_RELEASE_LABEL",
     "NONCE_SIZE",
+    "TOKEN_RE",
+    "TOKEN_SCOPES",
     "AgentSession",
     "KeyReleaseError",
+    "check_public_key",
+    "format_token",
     "generate_x25519",
     "info_for",
     "ingest_info",
@@ -90,6 +99,7 @@ def wipe(buffer: bytearray | memoryview | None) -> None:
 def _public_key(value: Any, field: str) -> Any:
     _need()
     if isinstance(value, x25519.X25519PublicKey):
+        _refuse_low_order(value, field)
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
@@ -97,10 +107,36 @@ def _public_key(value: Any, field: str) -> Any:
             raise KeyReleaseError(f"must be a raw X25519 public key of {X25519_KEY_SIZE} bytes, got {len(raw)}",
                                   field=field)
         try:
-            return x25519.X25519PublicKey.from_public_bytes(raw)
+            key = x25519.X25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
             raise KeyReleaseError(f"is not an X25519 public key: {exc}", field=field) from exc
+        _refuse_low_order(key, field)
+        return key
     raise KeyReleaseError(f"expected 32 bytes or an X25519PublicKey, got {type(value).__name__}", field=field)
+
+
+def _refuse_low_order(key: Any, field: str) -> None:
+    """Refuse a small-order point (all-zero, 1, the order-8 points, their non-canonical twins).
+
+    Any X25519 scalar is a multiple of 8 after clamping, so such a point gives the
+    all-zero shared secret with every key: a message "sealed" to it opens for anyone.
+    ``cryptography`` refuses the zero secret; asking once with a throwaway key turns
+    that into a named refusal before any secret is involved.
+    """
+    try:
+        x25519.X25519PrivateKey.generate().exchange(key)
+    except ValueError as exc:
+        raise KeyReleaseError("is a low-order X25519 point (every shared secret with it is zero)",
+                              field=field) from exc
+
+
+def check_public_key(raw: bytes, field: str) -> None:
+    """Raise ``KeyReleaseError`` naming ``field`` unless ``raw`` is a usable X25519 public key."""
+    _public_key(raw, field)
+
+
+def format_token(token_id: str, secret: str) -> str:
+    return f"sgt_{token_id}_{secret}"
 
 
 def _private_key(value: Any, field: str) -> Any:

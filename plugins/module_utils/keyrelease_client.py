@@ -29,13 +29,12 @@ from typing import Any
 
 from ansible.module_utils.urls import Request
 
-from .keyrelease import MAX_VOLUME_KEY, seal_for_ingestion, wipe
+from .keyrelease import MAX_VOLUME_KEY, TOKEN_RE, seal_for_ingestion, wipe
 from .snp.errors import SnpError
 
 API_PREFIX = "/v1"
 USER_AGENT = "snpguard.cvm-client/1"
 MAX_RESPONSE = 1 << 30  # bundles carry a kernel and an initrd
-TOKEN_RE = re.compile(r"^sgt_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 HEX_RE = re.compile(r"^(0x)?[0-9a-fA-F]*$")
 
@@ -483,11 +482,13 @@ class KeyReleaseClient:
     # -- tokens ------------------------------------------------------------------------------------
 
     def create_token(self, name: str, expires_at: str | None = None, *,
-                     master_password: str | None = None) -> dict[str, Any]:
-        """POST /v1/tokens with the API token, or with the master password (a fresh server's first token)."""
+                     master_password: str | None = None, scope: str | None = None) -> dict[str, Any]:
+        """POST /v1/tokens with an admin API token, or with the master password (a fresh server's first token)."""
         body: dict[str, Any] = {"name": name}
         if expires_at:
             body["expires_at"] = expires_at
+        if scope:
+            body["scope"] = scope
         auth = "password" if master_password else "token"
         return self.request("POST", "/tokens", body, auth=auth, password=master_password)[1]
 

@@ -78,11 +78,12 @@ def apply(params: dict[str, Any], check_mode: bool = False) -> dict[str, Any]:
     password = None if api_token else params.get("master_password")
     if not api_token and not password:
         raise SnpError("creating a token needs token (an API token) or master_password", field="token")
-    created = client_from_params(params).create_token(name, params.get("expires_at"), master_password=password)
+    created = client_from_params(params).create_token(name, params.get("expires_at"), master_password=password,
+                                                      scope=params.get("scope"))
     if token_file:
         atomic_write(token_file, (created["token"] + "\n").encode(), mode=0o600)
     return {"changed": True, "token": created["token"], "id": created["id"],
-            "tokens": [{k: created.get(k) for k in ("id", "name", "created_at", "expires_at")}]}
+            "tokens": [{k: created.get(k) for k in ("id", "name", "created_at", "expires_at", "scope", "parent_id")}]}
 
 
 def _absent(params: dict[str, Any], auth: str | None, token_file: str | None, file_token: str | None,

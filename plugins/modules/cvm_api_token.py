@@ -41,8 +41,18 @@ options:
     choices: [present, absent]
     default: present
   expires_at:
-    description: Expiry of a new token, ISO 8601 (naive times are UTC). Existing tokens keep theirs.
+    description:
+      - Expiry of a new token, ISO 8601 (naive times are UTC). Existing tokens keep theirs.
+      - A token minted with another token never outlives it; without O(expires_at) it inherits that expiry.
     type: str
+  scope:
+    description:
+      - What a new token may do. V(operator) registers, changes and reads images and reads the audit log;
+        V(admin) can also mint and revoke tokens.
+      - Minting needs O(master_password) or an O(token) with scope V(admin); a token never mints above its own scope.
+    type: str
+    choices: [operator, admin]
+    default: operator
   master_password:
     description:
       - The server's master password, to create a token without an API token (the first one of a fresh server).
@@ -104,7 +114,7 @@ revoked:
   type: list
   elements: str
 tokens:
-  description: The active tokens of this name (id, name, created_at, expires_at, last_used_at, state), never secrets.
+  description: The active tokens of this name (id, name, created_at, expires_at, last_used_at, state, scope, parent_id), never secrets.
   returned: when the module could list tokens
   type: list
   elements: dict
@@ -128,6 +138,7 @@ def main() -> None:
             "name": {"type": "str", "required": True},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "expires_at": {"type": "str"},
+            "scope": {"type": "str", "choices": ["operator", "admin"], "default": "operator"},
             "master_password": {"type": "str", "no_log": True},
             "token_file": {"type": "path", "no_log": False},
         },

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from .. import SERVER_VERSION, api, attestation, auth, images, ratelimit
+from .. import SERVER_VERSION, api, attestation, auth, images, ratelimit, tokens
 from ..db import now_ms, read_tx, write_tx
 from ..errors import ApiError
 from ..schemas import TokenCreate
@@ -49,7 +49,6 @@ LOGIN_LIMIT, LOGIN_WINDOW = 20, 60
 AUDIT_PAGE_SIZE = 50
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 EXPIRY_CHOICES = {"never": None, "1d": 1, "7d": 7, "30d": 30, "90d": 90, "365d": 365}
-DASHBOARD = "dashboard"  # who acts, for the API handlers the dashboard calls
 
 router = APIRouter(include_in_schema=False)
 
@@ -263,7 +262,7 @@ def web_disable_image(request: Request, image_id: str, _session: CheckedSession)
 
 @router.get("/images/{image_id}/bundle")
 def web_bundle(request: Request, image_id: str, _session: Session) -> Response:
-    return _service(api.get_bundle, request, _image_id(image_id), DASHBOARD)
+    return _service(api.bundle_response, api.context(request), str(_image_id(image_id)))
 
 
 # -- API tokens --------------------------------------------------------------------------------------------
@@ -271,7 +270,7 @@ def web_bundle(request: Request, image_id: str, _session: Session) -> Response:
 
 def _tokens_page(request: Request, session: dict[str, Any], *, status: int = 200, error: str | None = None,
                  revoked: str | None = None, name: str = "") -> HTMLResponse:
-    items = api.list_tokens(request, DASHBOARD)["items"]
+    items = api.token_list(api.context(request), tokens.MASTER)
     revoked_token = next((t for t in items if t["id"] == revoked), None)
     return render("tokens.html", status=status, session=session, active="tokens", tokens=items, error=error,
                   revoked=revoked_token, name=name, expiry_choices=list(EXPIRY_CHOICES))
@@ -296,16 +295,16 @@ def web_create_token(request: Request, session: CheckedSession, name: Annotated[
     except ValidationError:
         return _tokens_page(request, session, status=400, error="A token needs a name of 1 to 128 characters.",
                             name=name[:128])
-    created = _service(api.create_token, request, body, DASHBOARD)
+    created = _service(api.mint_token, api.context(request), tokens.MASTER, body)
     log.info("dashboard: API token %s (%r) created", created["id"], created["name"])
     return render("token_created.html", session=session, active="tokens", created=created)
 
 
 @router.post("/tokens/{token_id}/revoke")
 def web_revoke_token(request: Request, token_id: str, _session: CheckedSession) -> RedirectResponse:
-    if not auth.TOKEN_ID_RE.match(token_id):
+    if not tokens.valid_id(token_id):
         raise PageError(404, "No such token.")
-    _service(api.revoke_token, request, token_id, DASHBOARD)
+    _service(api.token_revoke, api.context(request), tokens.MASTER, token_id)
     log.info("dashboard: API token %s revoked", token_id)
     return RedirectResponse(f"/tokens?revoked={token_id}", status_code=303)
 

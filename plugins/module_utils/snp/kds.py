@@ -44,6 +44,10 @@ def crl_url(product: Product, vlek: bool = False, base: str = KDS_BASE) -> str:
     return f"{base}/{'vlek' if vlek else 'vcek'}/v1/{product.value}/crl"
 
 
+class NotCached(SnpError):
+    """The item is not in the cache and this client may not fetch it (offline, or no fetch function)."""
+
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.=&-]")
 
 
@@ -70,7 +74,7 @@ class KdsClient:
             with open(path, "rb") as handle:
                 return handle.read()
         if self.offline or self.fetch is None:
-            raise SnpError(f"{what} is not cached and the verifier is offline", field="kds", path=path)
+            raise NotCached(f"{what} is not cached and the verifier is offline", field="kds", path=path)
         try:
             data = self.fetch(url)
         except SnpError:

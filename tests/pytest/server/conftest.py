@@ -127,6 +127,7 @@ class ServerProcess:
     def mint_token(self, name: str = "tests", password: str | None = None, **body: Any) -> str:
         password = password or self.master_password()
         assert password, "no master password in the server log"
+        body.setdefault("scope", "admin")  # the tests' administrator; operator tokens are tested on their own
         with self.client() as client:
             response = client.post("/tokens", json={"name": name, **body}, auth=("admin", password))
         assert response.status_code == 201, response.text

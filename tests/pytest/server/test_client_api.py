@@ -112,7 +112,7 @@ def test_tokens_lifecycle(server: ServerProcess, client: KeyReleaseClient) -> No
     assert listed[created["id"]]["state"] == "active" and "token" not in listed[created["id"]]
     mine = KeyReleaseClient(server.url, created["token"], ca_file=client.ca_file)
     assert mine.list_tokens()
-    assert client.revoke_token(created["token"]) == {"id": created["id"], "revoked": True}
+    assert client.revoke_token(created["token"]) == {"id": created["id"], "revoked": True, "cascaded": []}
     with pytest.raises(ApiError) as info:
         mine.list_tokens()
     assert (info.value.status, info.value.code) == (401, "token_revoked")

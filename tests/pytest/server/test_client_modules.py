@@ -70,6 +70,7 @@ TOKEN_TASKS = """
         url: "{{ url }}"
         ca_file: "{{ ca_file }}"
         name: boot
+        scope: admin
         master_password: "{{ master_password }}"
         token_file: "{{ work }}/boot.token"
       register: first

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.snpguard.cvm.server.db import head_revision
+
 from .conftest import Agent, Postgres, ServerProcess, register
 
 
@@ -111,6 +113,6 @@ def test_replicas_initialising_at_once_agree(tmp_path: Path, postgres: Postgres)
     engine = create_engine(url)
     with engine.connect() as conn:
         names = sorted(r[0] for r in conn.execute(text("SELECT name FROM settings")))
-        assert names == ["ingestion_private_key", "ingestion_public_key", "master_password_hash"]
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert names == ["ingestion_private_key", "ingestion_public_key", "kek_check", "master_password_hash"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head_revision()
     engine.dispose()
