@@ -91,6 +91,43 @@ def register(subparsers: Any) -> None:
     reset.add_argument("--password-file", metavar="FILE", help="write it to this new 0600 file instead")
     reset.set_defaults(handler=_reset)
 
+    rotate_kek = actions.add_parser(
+        "rotate-kek", help="re-wrap every stored key under a new key-encryption key (one transaction)",
+        description="Writes a new KEK beside the old one, re-wraps every volume key, ID key and ingestion key in "
+                    "one transaction, then replaces the KEK file. Servers on this host pick the new file up "
+                    "by themselves; replicas on other hosts need the new file copied to them (they refuse to "
+                    "register until then). Example: snpguard server rotate-kek --data-dir /var/lib/snpguard")
+    _common(rotate_kek)
+    rotate_kek.set_defaults(handler=_rotate_kek)
+
+    rotate_ing = actions.add_parser(
+        "rotate-ingestion-key", help="make a new ingestion key current; the old one is accepted for --grace",
+        description="Conversion seals volume keys to the ingestion key published at /v1/public/info. After "
+                    "rotation the new key is published and registrations sealed to the old one are still "
+                    "accepted for the grace period. Example: snpguard server rotate-ingestion-key "
+                    "--data-dir /var/lib/snpguard --grace 7d")
+    _common(rotate_ing)
+    rotate_ing.add_argument("--grace", type=_duration, default=7 * 86400, metavar="DURATION",
+                            help="how long the old key still opens registrations: seconds, or Nm/Nh/Nd (default 7d)")
+    rotate_ing.set_defaults(handler=_rotate_ingestion)
+
+    backup = actions.add_parser(
+        "backup", help="write the keys and the database to one 0600 file (as secret as the data dir)",
+        description="A consistent snapshot of the database (SQLite or PostgreSQL), the KEK, the TLS files and "
+                    "config.json, as a tar.gz written 0600. It holds the KEK: keep it as safe as the data dir. "
+                    "Example: snpguard server backup --data-dir /var/lib/snpguard --out /root/snpguard.backup")
+    _common(backup)
+    backup.add_argument("--out", required=True, metavar="FILE", help="the backup file to write (replaced atomically)")
+    backup.set_defaults(handler=_backup)
+
+    restore = actions.add_parser(
+        "restore", help="restore a backup into an empty data dir and database",
+        description="Example: snpguard server restore /root/snpguard.backup --data-dir /var/lib/snpguard "
+                    "(add --db-url to restore into PostgreSQL)")
+    _common(restore)
+    restore.add_argument("backup_file", metavar="FILE")
+    restore.set_defaults(handler=_restore)
+
     token = actions.add_parser("token", help="mint an API token directly in the database (bootstrap)")
     _common(token)
     token.add_argument("--name", required=True)
@@ -98,6 +135,74 @@ def register(subparsers: Any) -> None:
     token.add_argument("--scope", choices=["operator", "admin"], default="operator",
                        help="operator: images and audit (default); admin: also mints and revokes tokens")
     token.set_defaults(handler=_token)
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], 0)
+    number = value[:-1] if scale else value
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 3600, 30m, 12h, 7d)")
+    return int(number) * (scale or 1)
+
+
+def _rotate_kek(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.db import make_engine
+    from ..server.keys import rotate_kek
+    from ..server.state import secure_data_dir
+
+    secure_data_dir(settings)
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        count = rotate_kek(engine, settings.kek_path)
+    finally:
+        engine.dispose()
+    print(f"snpguard server: {count} stored keys re-wrapped under a new KEK; {settings.kek_path} replaced "
+          "(copy it to every replica on another host)")
+    return 0
+
+
+def _rotate_ingestion(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    import base64
+
+    from ..server.db import make_engine
+    from ..server.kek import load_or_create_kek
+    from ..server.keys import rotate_ingestion_key
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        new, old, until = rotate_ingestion_key(engine, load_or_create_kek(settings.kek_path, create=False),
+                                               args.grace)
+    finally:
+        engine.dispose()
+    ends = datetime.fromtimestamp(until / 1000, UTC).isoformat().replace("+00:00", "Z")
+    print(f"snpguard server: ingestion key {base64.b64encode(new).decode()} is current; "
+          f"{base64.b64encode(old).decode()} is accepted until {ends}")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.backup import backup
+
+    manifest = backup(settings, args.out)
+    rows = ", ".join(f"{n} {c}" for n, c in sorted(manifest["rows"].items()))
+    print(f"snpguard server: backup written to {args.out} (0600; schema {manifest['revision']}; {rows}). "
+          "It holds the KEK: keep it as safe as the data dir.")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from ..server.backup import restore
+
+    manifest = restore(settings, args.backup_file)
+    print(f"snpguard server: restored {args.backup_file} (schema {manifest['revision']}, "
+          f"{sum(manifest['rows'].values())} rows) into {settings.data_dir}")
+    return 0
 
 
 def _workers(text: str) -> int | str:

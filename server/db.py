@@ -436,13 +436,13 @@ def init_lock(engine: Engine, data_dir: str) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def migrate(engine: Engine) -> str:
-    """``alembic upgrade head`` on ``engine``; returns the head revision."""
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """``alembic upgrade <revision>`` (default head) on ``engine``; returns the revision reached."""
     from alembic import command
 
     config = _alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.connect() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
         conn.commit()
-    return head_revision()
+    return head_revision() if revision == "head" else revision

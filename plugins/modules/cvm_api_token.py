@@ -114,7 +114,9 @@ revoked:
   type: list
   elements: str
 tokens:
-  description: The active tokens of this name (id, name, created_at, expires_at, last_used_at, state, scope, parent_id), never secrets.
+  description:
+    - The active tokens of this name (id, name, created_at, expires_at, last_used_at, state, scope, parent_id).
+    - Never their secrets.
   returned: when the module could list tokens
   type: list
   elements: dict
