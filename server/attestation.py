@@ -292,6 +292,7 @@ async def verify(ctx: ServerContext, source: str, body: VerifyRequest) -> dict[s
     # unexpired), count the release (only if the image is still the same and enabled) or the refusal, write the
     # audit row -- one batch (one round trip on PostgreSQL).  If the session or the image changed meanwhile,
     # the same transaction turns the release into that refusal before it commits.
+    decided = now_ms()  # expiry is judged now, not when the request arrived
     with write_tx(ctx.engine) as conn:
         calls: list[tuple[HotSql, dict[str, Any]]] = []
         if settings.rate_limit > 0:
@@ -299,7 +300,7 @@ async def verify(ctx: ServerContext, source: str, body: VerifyRequest) -> dict[s
         consume_at = release_at = None
         if session is not None:
             consume_at = len(calls)
-            calls.append((_CONSUME, {"now": now, "id": body.session_id}))
+            calls.append((_CONSUME, {"now": decided, "id": body.session_id}))
         if decision.released:
             release_at = len(calls)
             calls.append((_RELEASED, {"now": now, "id": image.id, "updated_at": image.updated_at,

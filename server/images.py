@@ -195,7 +195,11 @@ def register(ctx: ServerContext, req: ImageCreate) -> tuple[int, dict[str, Any]]
 def _open_sealed_volume_key(ctx: ServerContext, sealed: bytes, name: str) -> bytearray:
     """Open with the current ingestion key, else with the previous one during its grace period."""
     with read_tx(ctx.engine) as conn:
-        privates = keys.ingestion_privates(conn, ctx.keys)
+        try:
+            privates = keys.ingestion_privates(conn, ctx.keys)
+        except SnpError as exc:  # this host's KEK is not the database's (a rotation elsewhere)
+            raise ApiError(503, "kek_changed", "this server's KEK file does not open the stored keys (was the KEK "
+                           "rotated? install the new KEK file on this host)", field="kek_file") from exc
     try:
         error: SnpError | None = None
         for private in privates:

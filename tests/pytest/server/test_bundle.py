@@ -10,8 +10,16 @@ import json
 import tarfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.bundle import build_bundle, build_launch_bundle, read_bundle
+from ansible_collections.snpguard.cvm.plugins.module_utils.bundle import (
+    build_bundle,
+    build_launch_bundle,
+    expansion_limit,
+    gunzip_capped,
+    read_bundle,
+)
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import FormatError, SnpError
 
 ARGS = {"kernel": b"K" * 100, "initrd": b"I" * 200, "cmdline": "console=ttyS0", "firmware_sha384": "AB" * 48,
@@ -75,3 +83,43 @@ def test_builder_refuses_unsafe_names_and_bad_firmware_digest() -> None:
     with pytest.raises(SnpError) as error:
         build_launch_bundle(**{**ARGS, "firmware_sha384": "xyz"})
     assert error.value.field == "artifacts.firmware_sha384"
+
+
+# -- decompression bombs (issue 8, item 5) -------------------------------------------------------------------------
+
+
+def test_a_gzip_bomb_is_refused_while_it_expands() -> None:
+    """1 GiB of zeros in ~1 MB of gzip: refused at the running cap (64 MiB here), never fully inflated."""
+    bomb = gzip.compress(bytes(1 << 30), compresslevel=9)
+    with pytest.raises(FormatError, match="expands to more than 67108864 bytes"):
+        read_bundle(bomb)
+
+
+def test_the_cap_follows_the_compressed_size_and_the_maximum() -> None:
+    assert expansion_limit(1 << 20, 1 << 30) == 64 << 20  # the floor
+    assert expansion_limit(100 << 20, 1 << 30) == 800 << 20  # MAX_RATIO x
+    assert expansion_limit(400 << 20, 512 << 20) == 512 << 20  # never past the maximum
+    with pytest.raises(FormatError, match="is larger than"):
+        read_bundle(b"x" * 2048, max_size=1024)
+
+
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=4), st.integers(0, 20000))
+@settings(max_examples=200, deadline=None)
+def test_capped_gunzip_agrees_with_gzip(members: list[bytes], limit: int) -> None:
+    """Multi-member gzip as gzip.decompress reads it: the same bytes under the cap, a refusal above it."""
+    data = b"".join(gzip.compress(m) for m in members)
+    whole = gzip.decompress(data)
+    if len(whole) <= limit:
+        assert gunzip_capped(data, limit) == whole
+    else:
+        with pytest.raises(FormatError, match="expands to more than"):
+            gunzip_capped(data, limit)
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_capped_gunzip_refuses_garbage_with_format_errors(data: bytes) -> None:
+    try:
+        gunzip_capped(data, 1 << 20)
+    except FormatError:
+        pass
