@@ -119,7 +119,12 @@ def test_capped_gunzip_agrees_with_gzip(members: list[bytes], limit: int) -> Non
 @given(st.binary(max_size=400))
 @settings(max_examples=300, deadline=None)
 def test_capped_gunzip_refuses_garbage_with_format_errors(data: bytes) -> None:
-    try:
+    """Anything that is not gzip is a FormatError (never zlib.error, EOFError or a hang)."""
+    if data.startswith(b"\x1f\x8b"):  # (a gzip header: it may still be valid; only the error type matters)
+        try:
+            gunzip_capped(data, 1 << 20)
+        except FormatError:
+            return
+        return
+    with pytest.raises(FormatError):
         gunzip_capped(data, 1 << 20)
-    except FormatError:
-        pass
