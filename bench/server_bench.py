@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchlib import DEVROOT, import_collection
+from benchlib import DEVROOT, REPO, import_collection
 
 import_collection()
 
@@ -172,14 +172,14 @@ class Postgres:
 
 
 class Server:
-    def __init__(self, data_dir: Path, args: list[str], workers: int) -> None:
+    def __init__(self, data_dir: Path, args: list[str], workers: int, devroot: Path = DEVROOT) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.log = data_dir.parent / f"server-{self.port}.log"
         argv = [sys.executable, "-m", "ansible_collections.snpguard.cvm.cli", "server", "run", "--data-dir",
                 str(data_dir), "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers), "--no-access-log",
                 "--log-level", "warning", "--offline", "--rate-limit", "10000000", *args]
-        env = dict(os.environ, PYTHONPATH=str(DEVROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(devroot), PYTHONUNBUFFERED="1")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.url = f"https://127.0.0.1:{self.port}/v1"
@@ -355,13 +355,13 @@ def measure(server: Server, sim: SimulatedAmdSp, args: argparse.Namespace, name:
 
 
 def run_backend(name: str, tmp: Path, sim: SimulatedAmdSp, root: Path, args: argparse.Namespace,
-                workers: int) -> list[Result]:
+                workers: int, devroot: Path = DEVROOT, label: str = "") -> list[Result]:
     """Start a server on ``name``, register the image, then a closed-loop run and a paced run."""
     pg = Postgres() if name == "postgresql" else None
     server = None
     try:
         extra = ["--simulated-root", str(root), *args.server_args.split()] + (["--db-url", pg.url] if pg else [])
-        server = Server(tmp / f"{name}-{workers}", extra, workers)
+        server = Server(tmp / f"{name}-{workers}{label}", extra, workers, devroot)
         token = httpx.post(server.url + "/tokens", json={"name": "bench"}, verify=server.ssl,
                            auth=("admin", server.master_password())).json()["token"]
         with httpx.Client(base_url=server.url, verify=server.ssl, headers={"Authorization": f"Bearer {token}"}) as c:
@@ -371,8 +371,8 @@ def run_backend(name: str, tmp: Path, sim: SimulatedAmdSp, root: Path, args: arg
                                                "sealed_volume_key": base64.b64encode(sealed).decode()})
             response.raise_for_status()
         run_async(load(server, sim, args.agents, min(500, args.handshakes), client=args.client))  # warm-up
-        results = [measure(server, sim, args, name, workers, "closed", None, pg is not None)]
-        if args.paced:
+        results = [measure(server, sim, args, name + label, workers, "closed", None, pg is not None)]
+        if args.paced and not label:
             results.append(measure(server, sim, args, name, workers, "paced", args.paced, pg is not None))
         return results
     finally:
@@ -420,6 +420,10 @@ def main() -> int:
     parser.add_argument("--server-args", default="", help="extra 'snpguard server run' options, e.g. '--threads 4'")
     parser.add_argument("--rsa-bits", type=int, default=4096, help="simulated ARK/ASK size (AMD uses 4096)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--baseline-ref", metavar="GIT_REF",
+                        help="also run the server of this commit (a git worktree), alternating with this one, and "
+                             "print this one's closed-loop rate as a ratio to it (e.g. the commit before a change)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds with --baseline-ref")
     args = parser.parse_args()
 
     sim = SimulatedAmdSp.create(Product.MILAN, rsa_bits=args.rsa_bits)
@@ -433,6 +437,8 @@ def main() -> int:
         print(f"targets: >= {TARGET_RATE:.0f} handshakes/s and p99 < {TARGET_P99_MS:.0f} ms, {args.agents} agents "
               f"({args.client} client); closed loop measures capacity, where latency is agents/rate by "
               "Little's law; the paced run measures latency at the target rate")
+        if args.baseline_ref:
+            return compare_with_ref(args, tmp, sim, root)
         results: list[Result] = []
         for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
             kind = "postgresql" if name == "postgresql" else "sqlite"
@@ -450,6 +456,40 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare_with_ref(args: argparse.Namespace, tmp: Path, sim: SimulatedAmdSp, root: Path) -> int:
+    """This tree against ``--baseline-ref``: closed-loop handshake rates, alternating, median of rounds."""
+    ref_tree = tmp / "baseline-tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(ref_tree),
+                    args.baseline_ref], check=True, capture_output=True)
+    ref_devroot = tmp / "baseline-devroot"
+    (ref_devroot / "ansible_collections" / "snpguard").mkdir(parents=True)
+    (ref_devroot / "ansible_collections" / "snpguard" / "cvm").symlink_to(ref_tree, target_is_directory=True)
+    saved_paced, args.paced = args.paced, 0
+    try:
+        for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            kind = "postgresql" if name == "postgresql" else "sqlite"
+            workers = auto_workers(kind) if args.workers == "auto" else int(args.workers.split(",")[0])
+            rates: dict[str, list[float]] = {"before": [], "after": []}
+            for round_no in range(args.rounds):
+                order = [("before", ref_devroot), ("after", DEVROOT)]
+                for label, devroot in order if round_no % 2 == 0 else order[::-1]:
+                    result = run_backend(name, tmp, sim, root, args, workers, devroot, f"-{label}-{round_no}")[0]
+                    rates[label].append(result.rate)
+                    print(f"{name:10s} {label:6s} ({args.baseline_ref if label == 'before' else 'this tree'}) "
+                          f"round {round_no + 1}: {result.rate:.0f} handshakes/s, {result.errors} errors, "
+                          f"p99 {result.p99_ms:.1f} ms")
+            before, after = statistics.median(rates["before"]), statistics.median(rates["after"])
+            ratio = after / before
+            verdict = "MEETS" if ratio >= 0.90 else "MISSES"
+            print(f"{name:10s} after/before = {after:.0f}/{before:.0f} = {ratio:.2f}  "
+                  f"[{verdict} >= 0.90: the change costs at most 10% of the handshake rate]")
+    finally:
+        args.paced = saved_paced
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(ref_tree)],
+                       check=False, capture_output=True)
+    return 0
 
 
 if __name__ == "__main__":
