@@ -101,8 +101,10 @@ def test_the_nonce_expires_during_verification(ctx: ServerContext, sim) -> None:
 def test_the_image_is_replaced_during_verification(ctx: ServerContext, sim) -> None:
     register(ctx, "replaced", MEASUREMENT, os.urandom(32))
     # Same name and measurement, another volume key: the old decision must not release either key.
-    check, entry = verify_while(ctx, sim, lambda: register(ctx, "replaced", MEASUREMENT, os.urandom(32),
-                                                          replace=True))
+    def replace() -> None:
+        register(ctx, "replaced", MEASUREMENT, os.urandom(32), replace=True)
+
+    check, entry = verify_while(ctx, sim, replace)
     assert check == "image.changed" and entry["check"] == "image.changed"
     assert release_count(ctx, "replaced") == 0
 

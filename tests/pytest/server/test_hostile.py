@@ -104,7 +104,7 @@ class SilentKds:
     def _run(self) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _peer = self.sock.accept()
             except OSError:
                 return
             self.accepted += 1
@@ -216,7 +216,7 @@ def test_large_uploads_are_limited_per_worker(tmp_path: Path, sim_root: Path) ->
         head = (b"POST /v1/images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token
                 + b"\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
         uploading = []
-        for _ in range(2):
+        for _upload in range(2):
             sock = tls_socket(proc)
             sock.sendall(head + b"{")
             uploading.append(sock)
@@ -279,7 +279,7 @@ def test_a_stalled_tls_handshake_is_dropped(tight: ServerProcess) -> None:
 
 
 def test_connections_per_address_are_capped(tight: ServerProcess) -> None:
-    held = [tls_socket(tight) for _ in range(8)]
+    held = [tls_socket(tight) for _conn in range(8)]
     try:
         with tls_socket(tight) as extra:
             data = read_response(extra)
@@ -385,7 +385,7 @@ def test_failed_token_attempts_are_rate_limited(tmp_path: Path) -> None:
         token = proc.mint_token()
         bad = "sgt_0123456789abcdef_" + "B" * 43
         with proc.client(bad) as client:
-            assert [client.get("/images").status_code for _ in range(3)] == [401, 401, 401]
+            assert [client.get("/images").status_code for _try in range(3)] == [401, 401, 401]
             limited = client.get("/images")
             assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         with proc.client(token) as good:  # the address is limited, whoever it is

@@ -91,7 +91,7 @@ def test_rotate_kek_rewraps_everything_and_a_running_server_follows(tmp_path: Pa
             assert new_kek != old_kek and mode(proc.data_dir / "kek.key") == 0o600
             assert not (proc.data_dir / "kek.key.new").exists()
             # The running server picks up the new file: it still releases, and registers.
-            response, opened, _ = Agent(sim).handshake(admin, MEASUREMENT, id_key_digest=digest)
+            response, opened, _body = Agent(sim).handshake(admin, MEASUREMENT, id_key_digest=digest)
             assert response.status_code == 200, response.text
             assert bytes(opened) == key
             assert register(admin, "after-rotation", {"1": (b"\x62" * 48).hex()}, os.urandom(32)).status_code == 201
@@ -104,16 +104,16 @@ def test_rotate_kek_rewraps_everything_and_a_running_server_follows(tmp_path: Pa
     assert result.returncode != 0 and "kek_file" in result.stderr
 
 
-def test_a_replica_with_the_old_kek_refuses_to_register(tmp_path: Path, postgres) -> None:
+def test_a_replica_with_the_old_kek_refuses_to_register(tmp_path: Path, pg_url: str) -> None:
     """Two hosts on one PostgreSQL: after rotation on one, the other (old KEK file) must not write blobs."""
-    first = ServerProcess(tmp_path / "a", ["--offline", "--db-url", postgres.url]).start()
+    first = ServerProcess(tmp_path / "a", ["--offline", "--db-url", pg_url]).start()
     try:
         (tmp_path / "b").mkdir(mode=0o700)
         (tmp_path / "b" / "kek.key").write_bytes((tmp_path / "a" / "kek.key").read_bytes())
         (tmp_path / "b" / "kek.key").chmod(0o600)
-        second = ServerProcess(tmp_path / "b", ["--offline", "--db-url", postgres.url]).start()
+        second = ServerProcess(tmp_path / "b", ["--offline", "--db-url", pg_url]).start()
         try:
-            cli("rotate-kek", "--data-dir", str(first.data_dir), "--db-url", postgres.url)
+            cli("rotate-kek", "--data-dir", str(first.data_dir), "--db-url", pg_url)
             with second.client(first.mint_token()) as admin:
                 response = register(admin, "stale-replica", {"1": (b"\x63" * 48).hex()}, os.urandom(32))
             assert response.status_code == 503, response.text
@@ -219,7 +219,7 @@ def test_restore_onto_a_fresh_machine_releases_the_key(tmp_path: Path, sim, sim_
     try:
         with restored.client(token) as admin:  # the old token works, the CA is the same one clients pinned
             assert admin.get("/public/info").json()["tls_ca_sha256"] == ca
-            response, opened, _ = Agent(sim).handshake(admin, MEASUREMENT)
+            response, opened, _body = Agent(sim).handshake(admin, MEASUREMENT)
             assert response.status_code == 200 and bytes(opened) == key
     finally:
         restored.stop()
@@ -228,22 +228,15 @@ def test_restore_onto_a_fresh_machine_releases_the_key(tmp_path: Path, sim, sim_
     assert result.returncode != 0 and "empty data dir" in result.stderr
 
 
-def test_restore_sqlite_backup_into_postgresql(tmp_path: Path, sim, sim_root: Path, postgres) -> None:
-    from sqlalchemy import create_engine, text
-
+def test_restore_sqlite_backup_into_postgresql(tmp_path: Path, sim, sim_root: Path, pg_url: str) -> None:
     backup, key, token, _ca = _backup_with_image(tmp_path, sim_root)
-    engine = create_engine(postgres.url)
-    with engine.begin() as conn:  # an empty database (the session's cluster is shared with other tests)
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
     fresh = tmp_path / "pg-machine" / "data"
     fresh.parent.mkdir()
-    cli("restore", str(backup), "--data-dir", str(fresh), "--db-url", postgres.url)
-    restored = ServerProcess(fresh, ["--simulated-root", str(sim_root), "--offline", "--db-url", postgres.url]).start()
+    cli("restore", str(backup), "--data-dir", str(fresh), "--db-url", pg_url)
+    restored = ServerProcess(fresh, ["--simulated-root", str(sim_root), "--offline", "--db-url", pg_url]).start()
     try:
         with restored.client(token) as admin:
-            response, opened, _ = Agent(sim).handshake(admin, MEASUREMENT)
+            response, opened, _body = Agent(sim).handshake(admin, MEASUREMENT)
             assert response.status_code == 200 and bytes(opened) == key
             assert admin.get("/audit").json()["items"][0]["result"] == "released"
     finally:

@@ -297,8 +297,8 @@ def test_tokens_revoked_expired_and_invalid(server, admin):
     assert created["token"].startswith(f"sgt_{created['id']}_")
     with server.client(created["token"]) as ci:
         assert ci.get("/images").status_code == 200
-        assert admin.delete(f"/tokens/{created['id']}").json() == {"id": created["id"], "revoked": True,
-                                                                     "cascaded": []}
+        revoked = admin.delete(f"/tokens/{created['id']}").json()
+        assert revoked == {"id": created["id"], "revoked": True, "cascaded": []}
         response = ci.get("/images")
         assert response.status_code == 401 and response.json()["error"]["code"] == "token_revoked"
         assert ci.post("/tokens", json={"name": "escalate"}).status_code == 401
