@@ -100,6 +100,7 @@ def test_the_nonce_expires_during_verification(ctx: ServerContext, sim) -> None:
 
 def test_the_image_is_replaced_during_verification(ctx: ServerContext, sim) -> None:
     register(ctx, "replaced", MEASUREMENT, os.urandom(32))
+
     # Same name and measurement, another volume key: the old decision must not release either key.
     def replace() -> None:
         register(ctx, "replaced", MEASUREMENT, os.urandom(32), replace=True)
