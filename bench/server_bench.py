@@ -49,11 +49,11 @@ import_collection()
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.collateral import (
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.collateral import (
     CollateralSources,
     resolve_collateral,
 )
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import (
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import (
     AgentSession,
     seal_for_ingestion,
 )

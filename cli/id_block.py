@@ -20,8 +20,8 @@ import os
 import sys
 from typing import Any
 
-from ..plugins.module_utils.fileio import read_file
-from ..plugins.module_utils.id_block_files import IdBlockRequest, ensure_id_block
+from ..plugins.module_utils.common.fileio import read_file
+from ..plugins.module_utils.idblock.snp_id_block import IdBlockRequest, ensure_id_block
 from ..plugins.module_utils.snp import sev_keys
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.id_block import (

@@ -19,9 +19,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..plugins.module_utils import image_registration
-from ..plugins.module_utils.fileio import atomic_write
-from ..plugins.module_utils.keyrelease_client import (
+from ..plugins.module_utils.common.fileio import atomic_write
+from ..plugins.module_utils.keyrelease import cvm_register
+from ..plugins.module_utils.keyrelease.admin_client import (
     ApiError,
     KeyReleaseClient,
     ca_fingerprint_pem,
@@ -375,7 +375,7 @@ def _print_image(image: dict[str, Any]) -> None:
 
 def _image_register(args: argparse.Namespace) -> int:
     client = client_from(args)
-    result = image_registration.apply(client, registration_options(args), check_mode=args.check)
+    result = cvm_register.apply(client, registration_options(args), check_mode=args.check)
     if args.json:
         _print_json(result)
         return 0

@@ -9,8 +9,8 @@ import base64
 import json
 from typing import Any
 
-from ..plugins.module_utils.fileio import atomic_write, read_file
-from ..plugins.module_utils.measure_request import build_config, cross_check
+from ..plugins.module_utils.common.fileio import atomic_write, read_file
+from ..plugins.module_utils.measurement.snp_measure import build_config, cross_check
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.measure import Mode, measure
 from ..plugins.module_utils.snp.measure_explain import diff_launches, render_diff, render_explain

@@ -10,10 +10,10 @@ import json
 import os
 from typing import Any
 
-from ..plugins.module_utils.fileio import atomic_write, read_file
-from ..plugins.module_utils.guest_report import get_report
-from ..plugins.module_utils.kds_fetch import https_get
-from ..plugins.module_utils.report_verify import verify_from_options
+from ..plugins.module_utils.attestation.kds_fetch import https_get
+from ..plugins.module_utils.attestation.report_sources import get_report
+from ..plugins.module_utils.attestation.snp_report_verify import verify_from_options
+from ..plugins.module_utils.common.fileio import atomic_write, read_file
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.kds import KdsClient
 from ..plugins.module_utils.snp.policy import GuestPolicy

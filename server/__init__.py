@@ -1,6 +1,6 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""The key-release server (DESIGN §3 and §5): REST API, attestation, sealed volume keys.
+"""The key-release server (guide: docs/docsite/rst/key_release_server.rst): REST API, attestation, sealed volume keys.
 
 Lives outside ``plugins/`` because its web and database imports would fail Ansible's
 sanity import test there; it imports the protocol and the verifier from

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from sqlalchemy import text
 
-from ..plugins.module_utils.keyrelease import HPKE_SUITE_IDS, HPKE_SUITE_NAME, INGEST_LABEL, KEY_RELEASE_LABEL
+from ..plugins.module_utils.keyrelease.protocol import HPKE_SUITE_IDS, HPKE_SUITE_NAME, INGEST_LABEL, KEY_RELEASE_LABEL
 from ..plugins.module_utils.snp.binding import REPORT_DATA_LABEL
 from . import API_VERSION, SERVER_VERSION, attestation, auth, images, keys, ratelimit, tokens
 from .context import ServerContext

@@ -41,7 +41,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..plugins.module_utils.keyrelease import HPKE_SUITE_NAME, X25519_KEY_SIZE, check_public_key, seal_volume_key, wipe
+from ..plugins.module_utils.keyrelease.protocol import (
+    HPKE_SUITE_NAME,
+    X25519_KEY_SIZE,
+    check_public_key,
+    seal_volume_key,
+    wipe,
+)
 from ..plugins.module_utils.snp import sev_keys
 from ..plugins.module_utils.snp.attest import attest
 from ..plugins.module_utils.snp.binding import NONCE_SIZE, report_data_binding

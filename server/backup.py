@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import Engine, Table, insert, select, text
 from sqlalchemy.engine import Connection
 
-from ..plugins.module_utils.fileio import atomic_write, create_private
+from ..plugins.module_utils.common.fileio import atomic_write, create_private
 from ..plugins.module_utils.snp.errors import SnpError
 from . import SERVER_VERSION, kek, keys
 from .config import CONFIG_NAME, Settings

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import anyio
 import anyio.to_thread
 
-from ..plugins.module_utils.collateral import CollateralSources, resolve_collateral
-from ..plugins.module_utils.kds_fetch import https_get
+from ..plugins.module_utils.attestation.collateral import CollateralSources, resolve_collateral
+from ..plugins.module_utils.attestation.kds_fetch import https_get
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.kds import KDS_BASE, KdsClient, NotCached
 from ..plugins.module_utils.snp.report import AttestationReport

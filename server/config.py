@@ -59,7 +59,7 @@ class Settings:
     max_headers: int = 100
     max_connections_per_address: int = 64  # per worker process
     tls_handshake_timeout: float = 10.0
-    # AMD KDS, when a report comes without its VCEK (see attestation_collateral.py).
+    # AMD KDS, when a report comes without its VCEK (see collateral_fetch.py).
     kds_timeout: float = 5.0  # seconds per fetch; never retried inside a request
     kds_concurrency: int = 4  # fetches in flight per worker; more are refused at once
     kds_failure_ttl: int = 300  # seconds a failed (chip, TCB) is refused without asking KDS again

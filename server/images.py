@@ -23,8 +23,8 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ..plugins.module_utils.bundle import build_launch_bundle, read_bundle
-from ..plugins.module_utils.keyrelease import open_ingestion, same_secret, wipe
+from ..plugins.module_utils.bundle.archive import build_launch_bundle, read_bundle
+from ..plugins.module_utils.keyrelease.protocol import open_ingestion, same_secret, wipe
 from ..plugins.module_utils.snp import sev_keys
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.id_block import IdAuth, IdBlock, decode_blob

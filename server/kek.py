@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..plugins.module_utils.fileio import create_private
+from ..plugins.module_utils.common.fileio import create_private
 from ..plugins.module_utils.snp.crypto_guard import AESGCM
 from ..plugins.module_utils.snp.errors import SnpError
 

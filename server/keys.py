@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from ..plugins.module_utils.fileio import create_private
-from ..plugins.module_utils.keyrelease import generate_x25519, wipe
+from ..plugins.module_utils.common.fileio import create_private
+from ..plugins.module_utils.keyrelease.protocol import generate_x25519, wipe
 from ..plugins.module_utils.snp.errors import SnpError
 from . import kek
 from .db import images, now_ms, settings_table

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import TextIO
 
-from ..plugins.module_utils.fileio import create_private
+from ..plugins.module_utils.common.fileio import create_private
 from .config import ENV_SETTINGS, Settings
 from .state import InitResult, initialize
 from .tls import TlsFiles, ca_fingerprint, ensure_tls

@@ -81,7 +81,7 @@ class IdBlockPair(Strict):
 
 
 class Artifacts(Strict):
-    """Boot artifacts from which the server builds the launch bundle (DESIGN §4)."""
+    """Boot artifacts from which the server builds the launch bundle (plugins/module_utils/bundle/archive.py)."""
 
     kernel_b64: B64
     initrd_b64: B64

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from ..plugins.module_utils.keyrelease import wipe
+from ..plugins.module_utils.keyrelease.protocol import wipe
 from ..plugins.module_utils.snp.errors import SnpError
 from . import auth, kek, keys, tokens
 from .config import CONFIG_NAME, Settings
@@ -129,7 +129,7 @@ def write_config(settings: Settings, values: dict[str, object]) -> str:
     """Record non-default settings given to ``init`` in ``<data-dir>/config.json`` (not secret)."""
     import json
 
-    from ..plugins.module_utils.fileio import atomic_write
+    from ..plugins.module_utils.common.fileio import atomic_write
 
     path = os.path.join(settings.data_dir, CONFIG_NAME)
     atomic_write(path, (json.dumps(values, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)

@@ -16,7 +16,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from ..plugins.module_utils.fileio import atomic_write
+from ..plugins.module_utils.common.fileio import atomic_write
 from ..plugins.module_utils.snp.crypto_guard import ec, hashes, serialization, x509
 from ..plugins.module_utils.snp.errors import SnpError
 

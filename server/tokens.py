@@ -30,7 +30,7 @@ from passlib.hash import pbkdf2_sha256
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
-from ..plugins.module_utils.keyrelease import TOKEN_RE, TOKEN_SCOPES, format_token
+from ..plugins.module_utils.keyrelease.protocol import TOKEN_RE, TOKEN_SCOPES, format_token
 from . import ratelimit
 from .db import now_ms, read_tx, tokens, write_tx
 from .errors import ApiError

@@ -15,8 +15,8 @@ from typing import Any
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.kds_fetch import https_get
-from ansible_collections.snpguard.cvm.plugins.module_utils.report_verify import (
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.kds_fetch import https_get
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.snp_report_verify import (
     EXPECTATION_ARGSPEC,
     TRUST_ARGSPEC,
     verify_from_options,
@@ -71,7 +71,7 @@ class ActionModule(ActionBase):
         if args.get("report_dest") and not self._task.check_mode:
             import base64
 
-            from ansible_collections.snpguard.cvm.plugins.module_utils.fileio import atomic_write
+            from ansible_collections.snpguard.cvm.plugins.module_utils.common.fileio import atomic_write
 
             try:
                 atomic_write(args["report_dest"], base64.b64decode(guest["report_b64"]))

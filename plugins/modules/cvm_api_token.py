@@ -128,9 +128,9 @@ field:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease_module import SERVER_ARGSPEC
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.cvm_api_token import apply
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.module_args import SERVER_ARGSPEC
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
-from ansible_collections.snpguard.cvm.plugins.module_utils.token_backend import apply
 
 
 def main() -> None:

@@ -279,9 +279,12 @@ code:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.ansible_glue import require_cryptography
-from ansible_collections.snpguard.cvm.plugins.module_utils.image_registration import apply
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease_module import SERVER_ARGSPEC, client_from_params
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import require_cryptography
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.cvm_register import apply
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.module_args import (
+    SERVER_ARGSPEC,
+    client_from_params,
+)
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 
 

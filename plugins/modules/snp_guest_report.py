@@ -91,9 +91,9 @@ import binascii
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.ansible_glue import run
-from ansible_collections.snpguard.cvm.plugins.module_utils.fileio import atomic_write
-from ansible_collections.snpguard.cvm.plugins.module_utils.guest_report import get_report
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.report_sources import get_report
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import run
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.fileio import atomic_write
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 
 

@@ -219,8 +219,8 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.ansible_glue import require_cryptography, run
-from ansible_collections.snpguard.cvm.plugins.module_utils.id_block_files import IdBlockRequest, ensure_id_block
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import require_cryptography, run
+from ansible_collections.snpguard.cvm.plugins.module_utils.idblock.snp_id_block import IdBlockRequest, ensure_id_block
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "id_key": {"type": "path", "required": True},

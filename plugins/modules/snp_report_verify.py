@@ -96,13 +96,13 @@ field:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.ansible_glue import require_cryptography
-from ansible_collections.snpguard.cvm.plugins.module_utils.kds_fetch import https_get
-from ansible_collections.snpguard.cvm.plugins.module_utils.report_verify import (
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.kds_fetch import https_get
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.snp_report_verify import (
     EXPECTATION_ARGSPEC,
     TRUST_ARGSPEC,
     verify_from_options,
 )
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import require_cryptography
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 
 

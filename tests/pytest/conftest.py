@@ -33,6 +33,9 @@ def _ensure_importable() -> None:
 
 _ensure_importable()
 
+#: Real servers, simulated agents, private PostgreSQL clusters (tests/pytest/servers.py).
+pytest_plugins = ["servers"]
+
 
 def vectors_dir() -> Path:
     return Path(os.environ.get("SNPGUARD_VECTORS", REPO.parent / "shared" / "vectors"))

@@ -82,7 +82,7 @@ class KdsClient:
         except Exception as exc:  # the injected getter's own errors (HTTP, DNS, TLS)
             raise SnpError(f"fetching {what} from {url} failed: {exc}", field="kds") from exc
         if path:
-            from ..fileio import atomic_write
+            from ..common.fileio import atomic_write
 
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, data)

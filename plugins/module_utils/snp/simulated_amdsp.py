@@ -264,7 +264,7 @@ class SimulatedAmdSp:
     # -- persistence -----------------------------------------------------------------------
     def save(self, directory: str) -> None:
         """Write the chain (PEM) and the private keys (0600) so other processes can sign too."""
-        from ..fileio import atomic_write
+        from ..common.fileio import atomic_write
 
         os.makedirs(directory, mode=0o700, exist_ok=True)
         pem = serialization.Encoding.PEM

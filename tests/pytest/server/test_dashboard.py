@@ -19,8 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from .conftest import Agent, ServerProcess, register
+from servers import Agent, ServerProcess, register
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]*)"')
 PAGES = ("/images", "/tokens", "/audit")

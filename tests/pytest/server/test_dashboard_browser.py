@@ -27,8 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from .conftest import REPO, Agent, ServerProcess, register
+from servers import REPO, Agent, ServerProcess, register
 
 CHROMIUM = os.environ.get("SNPGUARD_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = REPO / "build" / "test-artifacts" / "screenshots"

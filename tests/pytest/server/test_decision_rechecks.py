@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import Agent
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession, seal_for_ingestion
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession, seal_for_ingestion
 from ansible_collections.snpguard.cvm.server import attestation, images
 from ansible_collections.snpguard.cvm.server.config import load_settings
 from ansible_collections.snpguard.cvm.server.context import ServerContext, build_context
@@ -29,8 +30,6 @@ from ansible_collections.snpguard.cvm.server.errors import ApiError
 from ansible_collections.snpguard.cvm.server.keys import ingestion_public
 from ansible_collections.snpguard.cvm.server.schemas import ImageCreate, VerifyRequest
 from ansible_collections.snpguard.cvm.server.state import initialize
-
-from .conftest import Agent
 
 MEASUREMENT = bytes([0x71]) * 48
 

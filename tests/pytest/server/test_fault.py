@@ -21,11 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import Agent, Postgres, ServerProcess, register
 from sqlalchemy import create_engine, text
 
 from ansible_collections.snpguard.cvm.server import kek as kek_mod
-
-from .conftest import Agent, Postgres, ServerProcess, register
 
 CYCLES = 3
 

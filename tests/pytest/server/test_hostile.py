@@ -22,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import Agent, ServerProcess, register
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.binding import report_data_binding
-
-from .conftest import Agent, ServerProcess, register
 
 # Small-order X25519 points (RFC 7748 §6.1 and the usual blocklists): 0, 1, the order-8 points, p-1, p, p+1.
 LOW_ORDER_POINTS = [
@@ -422,7 +421,7 @@ def test_a_valid_token_needs_no_write_lock(tmp_path: Path) -> None:
 def test_a_gzip_bomb_bundle_is_refused_at_the_cap(admin_tight: httpx.Client) -> None:
     import gzip
 
-    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import seal_for_ingestion
+    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import seal_for_ingestion
 
     bomb = gzip.compress(bytes(1 << 30), compresslevel=9)  # ~1 MB that would become 1 GiB
     public = base64.b64decode(admin_tight.get("/public/info").json()["ingestion_public_key"])

@@ -23,10 +23,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from servers import Agent, ServerProcess, register, snpguard_cmd, snpguard_env
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import seal_for_ingestion
-
-from .conftest import Agent, ServerProcess, register, snpguard_cmd, snpguard_env
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import seal_for_ingestion
 
 MEASUREMENT = bytes([0x61]) * 48
 

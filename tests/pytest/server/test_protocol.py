@@ -17,12 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import Agent, ServerProcess, register, snpguard_cmd, snpguard_env
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.bundle import read_bundle
-from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import TcbVersion
-
-from .conftest import Agent, ServerProcess, register, snpguard_cmd, snpguard_env
 
 
 def measurement(tag: int) -> bytes:
@@ -187,7 +186,7 @@ def test_disabled_image(admin, agent, image):
 def test_bad_report_signature(admin, agent, sim, image):
     challenge = admin.post("/attest/challenge").json()
     nonce = base64.b64decode(challenge["nonce"])
-    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 
     session = AgentSession()
     report = bytearray(sim.report(measurement=measurement(1), report_data=session.report_data(nonce)))
@@ -240,7 +239,7 @@ def test_registration_idempotence_and_conflicts(admin):
     wrong_name = register(admin, "idem-3", {"1": measurement(0x12).hex()}, key)
     assert wrong_name.status_code == 201
     info = admin.get("/public/info").json()
-    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import seal_for_ingestion
+    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import seal_for_ingestion
 
     sealed_for_other = seal_for_ingestion(key, base64.b64decode(info["ingestion_public_key"]), "idem")
     moved = admin.post("/images", json={"name": "idem-4", "measurements": {"1": measurement(0x13).hex()},
@@ -359,7 +358,7 @@ def test_concurrent_replays_release_exactly_once(server, admin, agent, image):
     before = admin.get(f"/images/{image['id']}").json()["release_count"]
     challenge = admin.post("/attest/challenge").json()
     nonce = base64.b64decode(challenge["nonce"])
-    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+    from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 
     session = AgentSession()
     report = agent.sim.report(measurement=measurement(1), report_data=session.report_data(nonce))

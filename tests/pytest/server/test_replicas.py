@@ -14,10 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from servers import Agent, Postgres, ServerProcess, register
 
 from ansible_collections.snpguard.cvm.server.db import head_revision
-
-from .conftest import Agent, Postgres, ServerProcess, register
 
 
 @pytest.mark.slow
@@ -54,7 +53,7 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, postgres: Postgres, sim,
             assert response.status_code == 200
             challenge = ca.post("/attest/challenge").json()
             body = dict(body, session_id=challenge["session_id"])
-            from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease import AgentSession
+            from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 
             session = AgentSession()
             import base64 as b64
@@ -93,9 +92,8 @@ def test_replicas_initialising_at_once_agree(tmp_path: Path, postgres: Postgres)
     """Three first starts at the same moment on one new database: one master password, one ingestion key."""
     import subprocess
 
+    from servers import snpguard_cmd, snpguard_env
     from sqlalchemy import create_engine, text
-
-    from .conftest import snpguard_cmd, snpguard_env
 
     admin_engine = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
     with admin_engine.connect() as conn:

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .conftest import ServerProcess, register
+from servers import ServerProcess, register
 
 MAX_EXAMPLES = 25
 

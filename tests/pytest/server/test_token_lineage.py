@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from .conftest import ServerProcess, snpguard_cmd, snpguard_env
+from servers import ServerProcess, snpguard_cmd, snpguard_env
 
 
 @pytest.fixture(scope="module")

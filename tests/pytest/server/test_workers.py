@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import ServerProcess, snpguard_cmd, snpguard_env
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 from ansible_collections.snpguard.cvm.server.config import auto_workers, load_settings, usable_cpus
-
-from .conftest import ServerProcess, snpguard_cmd, snpguard_env
 
 PG_URL = "postgresql+psycopg://snpguard@127.0.0.1:5432/snpguard"
 

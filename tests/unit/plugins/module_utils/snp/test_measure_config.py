@@ -19,7 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.measure_request import build_config, parse_hex, parse_int
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.snp_measure import (
+    build_config,
+    parse_hex,
+    parse_int,
+)
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import FormatError, MeasurementError, SnpError
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import (
     MAX_VCPUS,
