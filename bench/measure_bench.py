@@ -46,7 +46,8 @@ def main() -> int:
     from sevsnpmeasure import guest
     from sevsnpmeasure.sev_mode import SevMode
 
-    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig, measure
+    from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import measure
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig
     from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
 
     ovmf = str(args.artifacts / "OVMF.amdsev.fd")

@@ -10,9 +10,10 @@ import json
 from typing import Any
 
 from ..plugins.module_utils.common.fileio import atomic_write, read_file
+from ..plugins.module_utils.measurement.files import measure
 from ..plugins.module_utils.measurement.snp_measure import build_config, cross_check
 from ..plugins.module_utils.snp.errors import SnpError
-from ..plugins.module_utils.snp.measure import Mode, measure
+from ..plugins.module_utils.snp.measure import Mode
 from ..plugins.module_utils.snp.measure_explain import diff_launches, render_diff, render_explain
 from ..plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
 

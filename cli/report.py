@@ -10,12 +10,12 @@ import json
 import os
 from typing import Any
 
+from ..plugins.module_utils.attestation.kds_cache import KdsClient
 from ..plugins.module_utils.attestation.kds_fetch import https_get
 from ..plugins.module_utils.attestation.report_sources import get_report
 from ..plugins.module_utils.attestation.snp_report_verify import verify_from_options
 from ..plugins.module_utils.common.fileio import atomic_write, read_file
 from ..plugins.module_utils.snp.errors import SnpError
-from ..plugins.module_utils.snp.kds import KdsClient
 from ..plugins.module_utils.snp.policy import GuestPolicy
 from ..plugins.module_utils.snp.report import REPORT_SIZE, parse_report
 from ..plugins.module_utils.snp.tcb import Product

@@ -28,9 +28,10 @@ import anyio
 import anyio.to_thread
 
 from ..plugins.module_utils.attestation.collateral import CollateralSources, resolve_collateral
+from ..plugins.module_utils.attestation.kds_cache import KdsClient, NotCached
 from ..plugins.module_utils.attestation.kds_fetch import https_get
 from ..plugins.module_utils.snp.errors import SnpError
-from ..plugins.module_utils.snp.kds import KDS_BASE, KdsClient, NotCached
+from ..plugins.module_utils.snp.kds import KDS_BASE
 from ..plugins.module_utils.snp.report import AttestationReport
 from ..plugins.module_utils.snp.verify import Collateral
 from .config import Settings

@@ -200,8 +200,8 @@ cross_check:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import run
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.snp_measure import build_config, cross_check
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
 
 

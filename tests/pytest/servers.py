@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
 from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession, seal_for_ingestion
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.binding import report_data_binding
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.cert_table import build_cert_table
@@ -187,7 +188,7 @@ def register(client: httpx.Client, name: str, measurements: dict[str, str], volu
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedAmdSp:
     chip = SimulatedAmdSp.create(Product.MILAN, rsa_bits=2048)
-    chip.save(str(tmp_path_factory.mktemp("simulated-amdsp")))
+    save_simulated_amdsp(chip, str(tmp_path_factory.mktemp("simulated-amdsp")))
     return chip
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from ..snp.amd_certs import common_name, load_certificate, load_certificates, load_crl, vek_extensions
 from ..snp.errors import SnpError
-from ..snp.kds import KdsClient
 from ..snp.report import AttestationReport, SigningKey
 from ..snp.tcb import Product
 from ..snp.verify import Collateral
+from .kds_cache import KdsClient
 
 
 @dataclass

@@ -163,10 +163,11 @@ def via_simulator(report_data: bytes, vmpl: int, directory: str) -> GuestReport:
 
     from ..snp.cert_table import build_cert_table
     from ..snp.crypto_guard import serialization
-    from ..snp.simulated_amdsp import ReportFields, SimulatedAmdSp
+    from ..snp.simulated_amdsp import ReportFields
+    from .simulator_store import load_simulated_amdsp
 
     _check_request(report_data, vmpl)
-    simulator = SimulatedAmdSp.load(directory)
+    simulator = load_simulated_amdsp(directory)
     fields = ReportFields(report_data=report_data, vmpl=vmpl)
     launch_path = os.path.join(directory, "launch.json")
     if os.path.exists(launch_path):

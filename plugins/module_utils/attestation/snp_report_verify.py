@@ -19,12 +19,12 @@ from ..snp.amd_certs import load_certificate
 from ..snp.attest import Attestation, attest
 from ..snp.cert_table import parse_cert_table
 from ..snp.errors import SnpError
-from ..snp.kds import KdsClient
 from ..snp.report import REPORT_SIZE, parse_report
 from ..snp.tcb import Product
 from ..snp.validate import expectations_from_options
 from ..snp.verify import TrustSettings
 from .collateral import CollateralSources, resolve_collateral
+from .kds_cache import KdsClient
 
 EXPECTATION_OPTIONS = (
     "measurements", "host_data", "report_data", "id_key_digests", "author_key_digests", "family_id", "image_id",

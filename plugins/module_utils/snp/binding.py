@@ -1,6 +1,6 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""REPORT_DATA binding (used by keyrelease/protocol.py): ties a report to a verifier's nonce and, optionally, a public key.
+"""REPORT_DATA binding: ties a report to a verifier's nonce and, optionally, a public key (keyrelease/protocol.py).
 
 ``REPORT_DATA = SHA-512("snpguard/report-data/v1" ‖ nonce ‖ public_key)``: a verifier that
 sees this value knows the report was made after it chose the nonce, and that whoever

@@ -11,9 +11,6 @@ measurement pins the exact kernel, initrd and command line.  GUIDs are stored in
 from __future__ import annotations
 
 import hashlib
-import mmap
-import os
-import stat
 import struct
 import uuid
 from dataclasses import dataclass
@@ -29,26 +26,6 @@ _ENTRY = struct.Struct("<16sH32s")  # 50 bytes
 _HEADER = struct.Struct("<16sH")  # 18 bytes
 TABLE_SIZE = _HEADER.size + 3 * _ENTRY.size  # 168
 PADDED_TABLE_SIZE = (TABLE_SIZE + 15) & ~15  # 176
-
-
-def sha256_file(path: str, field: str) -> bytes:
-    """SHA-256 of a whole file; regular files are hashed through mmap (no copy).
-
-    hashlib releases the GIL while hashing large buffers, so several files can be
-    hashed in parallel threads.
-    """
-    try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_ISREG(info.st_mode) and info.st_size > 0:
-                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    return hashlib.sha256(mapped).digest()
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-            return digest.digest()
-    except OSError as exc:
-        raise MeasurementError(f"cannot read file: {exc.strerror}", field=field, path=path) from exc
 
 
 def cmdline_bytes(append: str | None) -> bytes:

@@ -2,22 +2,28 @@
 # SPDX-License-Identifier: Apache-2.0
 """Launch measurements for SEV-SNP (and the legacy SEV / SEV-ES digests), with an explanation.
 
-``measure(LaunchConfig)`` replays what the VMM and the AMD-SP do at launch: firmware
-pages, the firmware's metadata sections (with the kernel-hashes page), then one VMSA
-per vCPU.  Because VMSAs come last and APs share one page, the digests for several
-vCPU counts are prefixes of one chain, so a list of counts costs one pass.
+``measure(LaunchConfig, inputs)`` replays what the VMM and the AMD-SP do at launch:
+firmware pages, the firmware's metadata sections (with the kernel-hashes page), then
+one VMSA per vCPU.  Because VMSAs come last and APs share one page, the digests for
+several vCPU counts are prefixes of one chain, so a list of counts costs one pass.
+
+Pure: the paths in ``LaunchConfig`` are names, and ``inputs`` (an ``Inputs``) supplies
+their bytes and the SHA-256 of kernel and initrd.  ``measurement/files.py`` reads real
+files (and hashes the initrd on a second core while the firmware is measured);
+``BytesInputs`` here serves bytes already in memory.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import posixpath
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .errors import MeasurementError
-from .kernel_hashes import KernelHashes, cmdline_bytes, sha256_file
+from .kernel_hashes import KernelHashes, cmdline_bytes
 from .launch_digest import LaunchDigest, PageType, Step
 from .ovmf import FirmwareImage, SectionType, parse_firmware, parse_metadata_wrapper
 from .vcpu_types import CPU_SIGNATURES
@@ -143,59 +149,67 @@ def _required(value: str | None, field_name: str) -> str:
     return value
 
 
-def _read(path: str, field_name: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise MeasurementError(f"cannot read file: {exc.strerror}", field=field_name, path=path) from exc
+class Inputs(Protocol):
+    """Where a measurement's input bytes come from (files, memory, an archive)."""
+
+    def read(self, path: str, field: str) -> bytes:
+        """The whole content of ``path``; an unreadable one is a ``MeasurementError`` naming ``field``."""
+
+    def size(self, path: str) -> int: ...
+
+    def start_hashes(self, kernel: str, initrd: str | None) -> Callable[[], tuple[bytes, bytes | None]]:
+        """Begin hashing kernel and initrd (maybe in the background); the result is SHA-256 of each."""
 
 
-def _file_identity(path: str, sha256: bytes) -> dict[str, object]:
-    return {"path": path, "sha256": sha256.hex(), "size": os.path.getsize(path)}
+class BytesInputs:
+    """``Inputs`` from a mapping of names to bytes (tests, bundles, anything already in memory)."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.files = files
+
+    def read(self, path: str, field: str) -> bytes:
+        try:
+            return bytes(self.files[path])
+        except KeyError:
+            raise MeasurementError("no such input", field=field, path=path) from None
+
+    def size(self, path: str) -> int:
+        return len(self.files[path])
+
+    def start_hashes(self, kernel: str, initrd: str | None) -> Callable[[], tuple[bytes, bytes | None]]:
+        kernel_sha = hashlib.sha256(self.read(kernel, "kernel")).digest()
+        initrd_sha = hashlib.sha256(self.read(initrd, "initrd")).digest() if initrd is not None else None
+        return lambda: (kernel_sha, initrd_sha)
 
 
-class _Hasher:
-    """Hashes the initrd (the largest input) in one worker thread while the firmware is measured.
+def _file_identity(inputs: Inputs, path: str, sha256: bytes) -> dict[str, object]:
+    return {"path": path, "sha256": sha256.hex(), "size": inputs.size(path)}
 
-    One worker plus the main thread matches the two cores a builder typically has: the
-    kernel is hashed on the main thread after the firmware pages, so the initrd's hash,
-    the critical path, never competes with a third runnable thread.
-    """
 
-    def __init__(self, config: LaunchConfig) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self.initrd: Future[bytes] | None = None
-        if config.kernel is not None and config.initrd is not None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snpguard-hash")
-            self.initrd = self._pool.submit(sha256_file, config.initrd, "initrd")
+class _Hashes:
+    """Kernel and initrd hashes, started before the firmware is measured and collected after it."""
+
+    def __init__(self, config: LaunchConfig, inputs: Inputs) -> None:
+        self.inputs = inputs
+        self.pending = inputs.start_hashes(config.kernel, config.initrd) if config.kernel is not None else None
 
     def result(self, config: LaunchConfig) -> tuple[KernelHashes | None, dict[str, object]]:
-        if config.kernel is None:
+        if config.kernel is None or self.pending is None:
             return None, {}
-        try:
-            kernel = sha256_file(config.kernel, "kernel")
-            initrd = self.initrd.result() if self.initrd is not None else None
-        finally:
-            self.close()
+        kernel, initrd = self.pending()
         hashes = KernelHashes.from_digests(kernel, initrd, config.append)
-        described: dict[str, object] = {"kernel": _file_identity(config.kernel, kernel)}
+        described: dict[str, object] = {"kernel": _file_identity(self.inputs, config.kernel, kernel)}
         if config.initrd is not None and initrd is not None:
-            described["initrd"] = _file_identity(config.initrd, initrd)
+            described["initrd"] = _file_identity(self.inputs, config.initrd, initrd)
         return hashes, described
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
-
-def _load_firmware(config: LaunchConfig) -> tuple[FirmwareImage, bytes | None]:
+def _load_firmware(config: LaunchConfig, inputs: Inputs) -> tuple[FirmwareImage, bytes | None]:
     if config.ovmf_metadata is not None:
-        text = _read(config.ovmf_metadata, "ovmf_metadata").decode("utf-8", "replace")
+        text = inputs.read(config.ovmf_metadata, "ovmf_metadata").decode("utf-8", "replace")
         return parse_metadata_wrapper(text, config.ovmf_metadata)
     ovmf = _required(config.ovmf, "ovmf")
-    return parse_firmware(_read(ovmf, "ovmf"), ovmf), None
+    return parse_firmware(inputs.read(ovmf, "ovmf"), ovmf), None
 
 
 def _describe_common(config: LaunchConfig, firmware: FirmwareImage) -> dict[str, object]:
@@ -272,32 +286,30 @@ def _vmsa_chain(ld: LaunchDigest, counts: tuple[int, ...], bsp: bytes, ap: bytes
     return {count: digests[count] for count in counts}
 
 
-def _measure_snp(config: LaunchConfig) -> Measurement:
-    hasher = _Hasher(config)
-    try:
-        firmware, wrapper_hash = _load_firmware(config)
-        if not firmware.sections:
-            raise MeasurementError(
-                "firmware has no SEV metadata (no 'ASEV' section list): it is not an SNP-capable OVMF build",
-                field="ovmf", path=config.ovmf)
-        if config.kernel is not None and not firmware.has_section(SectionType.SNP_KERNEL_HASHES):
-            raise MeasurementError(
-                "a kernel is given, but the firmware has no SNP_KERNEL_HASHES metadata section "
-                "(use an AmdSev OVMF build, such as Debian's ovmf-amdsev OVMF.amdsev.fd)",
-                field="ovmf", path=config.ovmf)
-        seed = config.ovmf_hash or wrapper_hash
-        if seed is not None:
-            ld = LaunchDigest(seed)
-            ld.add_seeded("firmware (precomputed digest)", {"ovmf_hash": seed.hex()})
-        else:
-            ld = LaunchDigest()
-            ld.normal_pages(f"firmware {os.path.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
-        firmware_digest = ld.value
-        # Describe the firmware (SHA-384 of the image) while the worker threads still hash.
-        inputs = _describe_common(config, firmware)
-        hashes, described = hasher.result(config)
-    finally:
-        hasher.close()
+def _measure_snp(config: LaunchConfig, inputs: Inputs) -> Measurement:
+    hasher = _Hashes(config, inputs)
+    # Kernel and initrd are hashed (maybe in the background) while the firmware is measured.
+    firmware, wrapper_hash = _load_firmware(config, inputs)
+    if not firmware.sections:
+        raise MeasurementError(
+            "firmware has no SEV metadata (no 'ASEV' section list): it is not an SNP-capable OVMF build",
+            field="ovmf", path=config.ovmf)
+    if config.kernel is not None and not firmware.has_section(SectionType.SNP_KERNEL_HASHES):
+        raise MeasurementError(
+            "a kernel is given, but the firmware has no SNP_KERNEL_HASHES metadata section "
+            "(use an AmdSev OVMF build, such as Debian's ovmf-amdsev OVMF.amdsev.fd)",
+            field="ovmf", path=config.ovmf)
+    seed = config.ovmf_hash or wrapper_hash
+    if seed is not None:
+        ld = LaunchDigest(seed)
+        ld.add_seeded("firmware (precomputed digest)", {"ovmf_hash": seed.hex()})
+    else:
+        ld = LaunchDigest()
+        ld.normal_pages(f"firmware {posixpath.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
+    firmware_digest = ld.value
+    # Describe the firmware (SHA-384 of the image) while the worker threads still hash.
+    described_inputs = _describe_common(config, firmware)
+    hashes, described = hasher.result(config)
     _measure_sections(ld, firmware, hashes, config.vmm)
     sig = config.vcpu_sig or 0
     bsp = vcpu_state(BSP_EIP, config.guest_features, sig, config.vmm, config.ec2_vmsa, config.kvm_init).page()
@@ -307,19 +319,19 @@ def _measure_snp(config: LaunchConfig) -> Measurement:
                                  if config.vmm is VmmType.QEMU else "vmm-defined"}
     digests = _vmsa_chain(ld, config.vcpus, bsp, ap, detail, firmware.sev_es_reset_eip)
     pages = [bsp] + [ap] * (max(config.vcpus) - 1)
-    inputs.update(described)
-    inputs["ovmf"]["launch_digest"] = firmware_digest.hex()  # type: ignore[index]
-    inputs["ovmf"]["reset_eip"] = f"0x{firmware.sev_es_reset_eip:x}"  # type: ignore[index]
-    return Measurement(config, digests, inputs, ld.steps, hashes, pages)
+    described_inputs.update(described)
+    described_inputs["ovmf"]["launch_digest"] = firmware_digest.hex()  # type: ignore[index]
+    described_inputs["ovmf"]["reset_eip"] = f"0x{firmware.sev_es_reset_eip:x}"  # type: ignore[index]
+    return Measurement(config, digests, described_inputs, ld.steps, hashes, pages)
 
 
-def _measure_svsm(config: LaunchConfig) -> Measurement:
+def _measure_svsm(config: LaunchConfig, source: Inputs) -> Measurement:
     ovmf_path, svsm_path = _required(config.ovmf, "ovmf"), _required(config.svsm, "svsm")
-    ovmf = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
-    svsm = parse_firmware(_read(svsm_path, "svsm"), svsm_path, end_gpa=ovmf.gpa - config.vars_size, field="svsm")
+    ovmf = parse_firmware(source.read(ovmf_path, "ovmf"), ovmf_path)
+    svsm = parse_firmware(source.read(svsm_path, "svsm"), svsm_path, end_gpa=ovmf.gpa - config.vars_size, field="svsm")
     ld = LaunchDigest()
-    ld.normal_pages(f"firmware {os.path.basename(ovmf_path)}", ovmf.gpa, ovmf.data)
-    ld.normal_pages(f"SVSM {os.path.basename(svsm_path)}", svsm.gpa, svsm.data)
+    ld.normal_pages(f"firmware {posixpath.basename(ovmf_path)}", ovmf.gpa, ovmf.data)
+    ld.normal_pages(f"SVSM {posixpath.basename(svsm_path)}", svsm.gpa, svsm.data)
     _measure_sections(ld, svsm, None, VmmType.QEMU)
     sig = config.vcpu_sig or 0
     page = svsm_state(svsm.svsm_entry_offset + svsm.gpa, sig).page()
@@ -331,21 +343,19 @@ def _measure_svsm(config: LaunchConfig) -> Measurement:
     return Measurement(config, digests, inputs, ld.steps, vmsa_pages=pages)
 
 
-def _measure_sev(config: LaunchConfig) -> Measurement:
+def _measure_sev(config: LaunchConfig, source: Inputs) -> Measurement:
     """SEV and SEV-ES: SHA-256 over firmware, padded hashes table, and (SEV-ES) the VMSAs."""
-    hasher = _Hasher(config)
-    try:
-        ovmf_path = _required(config.ovmf, "ovmf")
-        firmware = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
-        if config.kernel is not None and not firmware.has_hash_table:
-            raise MeasurementError(
-                "a kernel is given, but the firmware cannot measure kernel/initrd/cmdline (no SEV hash table)",
-                field="ovmf", path=config.ovmf)
-        digest = hashlib.sha256(firmware.data)
-        hashes, described = hasher.result(config)
-    finally:
-        hasher.close()
-    steps = [Step(f"firmware {os.path.basename(ovmf_path)}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
+    hasher = _Hashes(config, source)
+    # Kernel and initrd are hashed (maybe in the background) while the firmware is hashed.
+    ovmf_path = _required(config.ovmf, "ovmf")
+    firmware = parse_firmware(source.read(ovmf_path, "ovmf"), ovmf_path)
+    if config.kernel is not None and not firmware.has_hash_table:
+        raise MeasurementError(
+            "a kernel is given, but the firmware cannot measure kernel/initrd/cmdline (no SEV hash table)",
+            field="ovmf", path=config.ovmf)
+    digest = hashlib.sha256(firmware.data)
+    hashes, described = hasher.result(config)
+    steps = [Step(f"firmware {posixpath.basename(ovmf_path)}", PageType.NORMAL, firmware.gpa, firmware.size // 0x1000,
                   digest.digest(), {"hash": "sha256"})]
     if hashes is not None:
         digest.update(hashes.table())
@@ -374,29 +384,30 @@ def _measure_sev(config: LaunchConfig) -> Measurement:
     return Measurement(config, digests, inputs, steps, hashes, pages)
 
 
-def measure(config: LaunchConfig) -> Measurement:
+def measure(config: LaunchConfig, inputs: Inputs) -> Measurement:
     """Compute the launch digest(s) for ``config``; raises ``SnpError`` naming the bad input."""
     if config.mode is Mode.SEV:
         config = LaunchConfig(**{**config.__dict__, "vcpus": ()})
     config.validate()
     if config.mode is Mode.SNP:
-        return _measure_snp(config)
+        return _measure_snp(config, inputs)
     if config.mode is Mode.SNP_SVSM:
-        return _measure_svsm(config)
+        return _measure_svsm(config, inputs)
     if config.mode is Mode.SNP_OVMF_HASH:
         ovmf_path = _required(config.ovmf, "ovmf")
-        firmware = parse_firmware(_read(ovmf_path, "ovmf"), ovmf_path)
+        firmware = parse_firmware(inputs.read(ovmf_path, "ovmf"), ovmf_path)
         ld = LaunchDigest()
-        ld.normal_pages(f"firmware {os.path.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
-        inputs = _describe_common(config, firmware)
-        inputs["vcpus"] = []
-        return Measurement(LaunchConfig(**{**config.__dict__, "vcpus": ()}), {0: ld.value}, inputs, ld.steps)
-    return _measure_sev(config)
+        ld.normal_pages(f"firmware {posixpath.basename(config.ovmf or '')}", firmware.gpa, firmware.data)
+        described = _describe_common(config, firmware)
+        described["vcpus"] = []
+        return Measurement(LaunchConfig(**{**config.__dict__, "vcpus": ()}), {0: ld.value}, described, ld.steps)
+    return _measure_sev(config, inputs)
 
 
-def firmware_digest(ovmf: str) -> bytes:
-    """The firmware-only SNP launch digest (what ``--snp-ovmf-hash`` takes)."""
-    return measure(LaunchConfig(ovmf=ovmf, mode=Mode.SNP_OVMF_HASH)).digest
+def firmware_digest(ovmf: bytes, name: str = "ovmf") -> bytes:
+    """The firmware-only SNP launch digest of the image ``ovmf`` (what ``--snp-ovmf-hash`` takes)."""
+    return measure(LaunchConfig(ovmf=name, mode=Mode.SNP_OVMF_HASH), BytesInputs({name: ovmf})).digest
 
 
-__all__ = ["CPU_SIGNATURES", "MAX_VCPUS", "LaunchConfig", "Measurement", "Mode", "firmware_digest", "measure"]
+__all__ = ["CPU_SIGNATURES", "MAX_VCPUS", "BytesInputs", "Inputs", "LaunchConfig", "Measurement", "Mode",
+           "firmware_digest", "measure"]

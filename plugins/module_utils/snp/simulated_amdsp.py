@@ -261,35 +261,35 @@ class SimulatedAmdSp:
             setattr(fields, name, value)
         return self.sign(self.encode_report(fields))
 
-    # -- persistence -----------------------------------------------------------------------
-    def save(self, directory: str) -> None:
-        """Write the chain (PEM) and the private keys (0600) so other processes can sign too."""
-        from ..common.fileio import atomic_write
+    # -- persistence (files are the caller's: attestation/simulator_store.py) ----------------------
+    #: The files of a saved simulator: public chain, private keys (secret), and the chip's facts.
+    FILES = ("ark.pem", "ask.pem", "vcek.pem", "ark.key", "ask.key", "vcek.key", "simulated-amdsp.txt")
+    SECRET_FILES = ("ark.key", "ask.key", "vcek.key")
 
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+    def to_files(self) -> dict[str, bytes]:
+        """The chain (PEM), the private keys (PKCS#8 PEM) and the chip's facts, by file name."""
         pem = serialization.Encoding.PEM
-        for name, cert in (("ark", self.ark), ("ask", self.ask), ("vcek", self.vcek)):
-            atomic_write(os.path.join(directory, f"{name}.pem"), cert.public_bytes(pem))
+        files = {f"{name}.pem": cert.public_bytes(pem)
+                 for name, cert in (("ark", self.ark), ("ask", self.ask), ("vcek", self.vcek))}
         for name, key in (("ark", self._ark_key), ("ask", self._ask_key), ("vcek", self._vcek_key)):
-            data = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-            atomic_write(os.path.join(directory, f"{name}.key"), data, mode=0o600)
-        meta = f"{self.product.value}\n{self.chip_id.hex()}\n{self.tcb.raw:016x}\n".encode()
-        atomic_write(os.path.join(directory, "simulated-amdsp.txt"), meta)
+            files[f"{name}.key"] = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption())
+        files["simulated-amdsp.txt"] = f"{self.product.value}\n{self.chip_id.hex()}\n{self.tcb.raw:016x}\n".encode()
+        return files
 
     @classmethod
-    def load(cls, directory: str) -> SimulatedAmdSp:
-        def read(name: str) -> bytes:
-            path = os.path.join(directory, name)
-            try:
-                with open(path, "rb") as handle:
-                    return handle.read()
-            except OSError as exc:
-                raise SnpError(f"cannot read file: {exc.strerror}", field="simulated_amdsp", path=path) from exc
-
-        product_text, chip_hex, tcb_hex = read("simulated-amdsp.txt").decode().split()
-        product = Product.parse(product_text)
-        keys = [serialization.load_pem_private_key(read(f"{n}.key"), None) for n in ("ark", "ask", "vcek")]
-        certs = [load_certificate(read(f"{n}.pem"), field="simulated_amdsp") for n in ("ark", "ask", "vcek")]
+    def from_files(cls, files: dict[str, bytes]) -> SimulatedAmdSp:
+        """The inverse of ``to_files``; a missing or malformed file is an error naming it."""
+        missing = [name for name in cls.FILES if name not in files]
+        if missing:
+            raise SnpError(f"lacks {', '.join(missing)}", field="simulated_amdsp")
+        try:
+            product_text, chip_hex, tcb_hex = files["simulated-amdsp.txt"].decode().split()
+            product = Product.parse(product_text)
+            keys = [serialization.load_pem_private_key(files[f"{n}.key"], None) for n in ("ark", "ask", "vcek")]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SnpError(f"is not a simulated AMD-SP: {exc}", field="simulated_amdsp") from exc
+        certs = [load_certificate(files[f"{n}.pem"], field="simulated_amdsp") for n in ("ark", "ask", "vcek")]
         return cls(product, certs[0], keys[0], certs[1], keys[1], certs[2], keys[2], bytes.fromhex(chip_hex),
                    TcbVersion.decode(int(tcb_hex, 16), product))
 

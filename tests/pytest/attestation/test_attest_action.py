@@ -21,6 +21,7 @@ from ansible_run import registered_task, run_playbook
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import REPORT_SIZE, parse_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
@@ -50,7 +51,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     dirs = {}
     for name, launch in launches.items():
         directory = tmp / f"sim-{name}"
-        sim.save(str(directory))  # the same simulated chip, launched three ways
+        save_simulated_amdsp(sim, str(directory))  # the same simulated chip, launched three ways
         (directory / "launch.json").write_text(json.dumps(launch))
         dirs[name] = str(directory)
     root = dirs["good"] + "/ark.pem"

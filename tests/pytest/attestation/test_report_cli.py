@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import cache_path, chain_url, crl_url, vcek_url
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.kds_cache import cache_path
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import chain_url, crl_url, vcek_url
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import REPORT_SIZE, parse_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
@@ -225,7 +227,7 @@ def test_verify_bad_option_exits_2_naming_it(reports: dict[str, dict[str, Any]],
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("report_cli") / "sim"
-    SimulatedAmdSp.create(Product.GENOA, rsa_bits=2048).save(str(directory))
+    save_simulated_amdsp(SimulatedAmdSp.create(Product.GENOA, rsa_bits=2048), str(directory))
     (directory / "launch.json").write_text(json.dumps({"measurement": "c3" * 48, "host_data": "d4" * 32}))
     return directory
 

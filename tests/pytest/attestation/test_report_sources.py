@@ -40,6 +40,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.report_so
     via_sev_guest,
     via_simulator,
 )
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.cert_table import build_cert_table, parse_cert_table
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import REPORT_SIZE, parse_report
@@ -54,7 +55,7 @@ CERTS = build_cert_table({"vcek": b"\x30\x82vcek-der", "ask": b"\x30\x82ask-der"
 def simulator(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulatedAmdSp, Path]:
     directory = tmp_path_factory.mktemp("guest_report") / "sim"
     sim = SimulatedAmdSp.create(Product.GENOA, rsa_bits=2048)
-    sim.save(str(directory))
+    save_simulated_amdsp(sim, str(directory))
     return sim, directory
 
 

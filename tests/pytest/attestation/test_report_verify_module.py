@@ -24,7 +24,9 @@ import pytest
 from ansible_run import registered_task, run_playbook
 from cryptography import x509
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import cache_path, chain_url, vcek_url
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.kds_cache import cache_path
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import chain_url, vcek_url
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import parse_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
@@ -140,7 +142,7 @@ def cases(vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     # 5. a simulated AMD-SP: refused unless its root is configured explicitly
     sim_dir = tmp / "simulated-amdsp"
     sim = SimulatedAmdSp.create(Product.GENOA, rsa_bits=2048)
-    sim.save(str(sim_dir))
+    save_simulated_amdsp(sim, str(sim_dir))
     sim_measurement = bytes(range(48))
     (tmp / "simulated.bin").write_bytes(sim.report(measurement=sim_measurement))
     facts["sim"] = {"dir": str(sim_dir), "measurement": sim_measurement.hex()}

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from ansible_run import PLAYBOOK_BIN, run_playbook_file
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig, measure
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import measure
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import LaunchConfig
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vmsa import Ec2Vmsa, VmmType
 
 EPYC_V4 = 0x800F12

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.snpguard.cvm.cli import main as cli_main
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import firmware_digest, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.snp_measure import build_config, cross_check
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import firmware_digest, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
 
 guest = pytest.importorskip("sevsnpmeasure.guest")

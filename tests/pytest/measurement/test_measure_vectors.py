@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from ansible_collections.snpguard.cvm.cli import main as cli_main
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import firmware_digest, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.snp_measure import build_config
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kernel_hashes import KernelHashes, cmdline_bytes
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.launch_digest import LaunchDigest, PageType
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import firmware_digest, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.ovmf import SEV_METADATA_GUID, parse_firmware
 
 REPO = Path(__file__).resolve().parents[3]

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +15,6 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import Mea
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kernel_hashes import (
     KernelHashes,
     cmdline_bytes,
-    sha256_file,
 )
 from ansible_collections.snpguard.cvm.tests.unit.plugins.module_utils.snp.ovmf_synth import (
     cmdline_hash,
@@ -90,49 +87,3 @@ def test_table_matches_reference_for_any_input(kernel: bytes, append: str | None
     hashes = KernelHashes.from_digests(hashlib.sha256(kernel).digest(), None, append)
     assert hashes.table() == ref_hash_table(hashlib.sha256(kernel).digest(), bytes.fromhex(SHA256_EMPTY),
                                             cmdline_hash(append))
-
-
-def test_sha256_file(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.write_bytes(b"")
-    data = tmp_path / "data"
-    content = os.urandom(3 * 1024 * 1024 + 17)
-    data.write_bytes(content)
-    assert sha256_file(str(empty), "kernel").hex() == SHA256_EMPTY
-    assert sha256_file(str(data), "kernel") == hashlib.sha256(content).digest()
-
-
-def test_sha256_of_a_non_regular_file() -> None:
-    if not os.path.exists("/dev/null"):
-        pytest.skip("no /dev/null")
-    assert sha256_file("/dev/null", "initrd").hex() == SHA256_EMPTY
-
-
-def test_sha256_file_fifo(tmp_path: Path) -> None:
-    import threading
-
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    payload = b"x" * 100_000
-
-    def writer() -> None:
-        with open(fifo, "wb") as handle:
-            handle.write(payload)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        assert sha256_file(str(fifo), "kernel") == hashlib.sha256(payload).digest()
-    finally:
-        thread.join(10)
-
-
-@pytest.mark.parametrize("field", ["kernel", "initrd"])
-def test_sha256_file_errors_name_the_field(tmp_path: Path, field: str) -> None:
-    missing = tmp_path / "missing"
-    with pytest.raises(MeasurementError, match="cannot read file") as info:
-        sha256_file(str(missing), field)
-    assert info.value.field == field and info.value.path == str(missing)
-    with pytest.raises(MeasurementError) as info:
-        sha256_file(str(tmp_path), field)
-    assert info.value.field == field and info.value.path == str(tmp_path)

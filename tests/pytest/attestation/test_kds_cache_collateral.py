@@ -29,17 +29,12 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.collatera
     CollateralSources,
     resolve_collateral,
 )
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.kds_cache import KdsClient, cache_path
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.amd_certs import fingerprint
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.attest import attest
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.cert_table import build_cert_table, parse_cert_table
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import (
-    KdsClient,
-    cache_path,
-    chain_url,
-    crl_url,
-    vcek_url,
-)
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.kds import chain_url, crl_url, vcek_url
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.report import parse_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import ReportFields, SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product

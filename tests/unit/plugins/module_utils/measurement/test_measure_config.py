@@ -19,19 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.files import firmware_digest, measure
 from ansible_collections.snpguard.cvm.plugins.module_utils.measurement.snp_measure import (
     build_config,
     parse_hex,
     parse_int,
 )
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import FormatError, MeasurementError, SnpError
-from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import (
-    MAX_VCPUS,
-    LaunchConfig,
-    Mode,
-    firmware_digest,
-    measure,
-)
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure import MAX_VCPUS, LaunchConfig, Mode
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.measure_explain import (
     diff_launches,
     render_diff,
