@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 import urllib.error
 
-from ansible.module_utils.urls import open_url
-
+from ..common.http import open_url
 from ..snp.errors import SnpError
 
 MAX_BYTES = 1 << 20
@@ -24,7 +23,7 @@ def https_get(url: str, *, timeout: float = 30.0, retries: int = 3, backoff: flo
     while True:
         attempt += 1
         try:
-            with open_url(url, timeout=timeout, validate_certs=True, http_agent="snpguard.cvm") as response:
+            with open_url("GET", url, timeout=timeout) as response:
                 data = response.read(MAX_BYTES + 1)
             if len(data) > MAX_BYTES:
                 raise SnpError(f"response from {url} is larger than {MAX_BYTES} bytes", field="kds")

@@ -27,8 +27,7 @@ import urllib.error
 import urllib.parse
 from typing import Any
 
-from ansible.module_utils.urls import Request
-
+from ..common.http import open_url, verifying_context
 from ..snp.errors import SnpError
 from .protocol import MAX_VOLUME_KEY, TOKEN_RE, seal_for_ingestion, wipe
 
@@ -303,15 +302,11 @@ class KeyReleaseClient:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            elif self.ca_file:
+            else:
                 try:
-                    context = ssl.create_default_context(cafile=self.ca_file)
+                    context = verifying_context(self.ca_file)
                 except (OSError, ssl.SSLError) as exc:
                     raise SnpError(f"cannot load the pinned CA: {exc}", field="ca_file", path=self.ca_file) from exc
-                # The pinned certificate is the trust anchor even when it is an intermediate.
-                context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
-            else:
-                context = ssl.create_default_context()
             self._context = context
         return self._context
 
@@ -334,10 +329,8 @@ class KeyReleaseClient:
             headers["Content-Type"] = "application/json"
         url = self.base + path
         try:
-            response = Request().open(method, url, data=data, headers=headers, timeout=self.timeout,
-                                      validate_certs=self.validate_certs, http_agent=USER_AGENT,
-                                      follow_redirects="none", use_netrc=False, context=self._ssl_context())
-            with response:
+            with open_url(method, url, data=data, headers=headers, timeout=self.timeout,
+                          context=self._ssl_context(), user_agent=USER_AGENT) as response:
                 payload = response.read(MAX_RESPONSE + 1)
                 status = response.status
                 answer_headers = {k.lower(): v for k, v in response.headers.items()}
