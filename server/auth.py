@@ -3,7 +3,7 @@
 """Who may administer the server: the master password, API tokens, dashboard sessions.
 
 * The master password is generated (192 random bits), printed once and stored only as
-  a PBKDF2-SHA256 hash (passlib, pure Python: no C-extension surprises).
+  a PBKDF2-SHA256 hash (``passwords``: hashlib, in the format passlib wrote before).
 * API tokens: see ``tokens``.
 * Dashboard sessions (for the web UI built on top): a random cookie whose SHA-256 is
   the row id, with a per-session CSRF token; cookies are HttpOnly, SameSite=Strict and
@@ -20,13 +20,13 @@ import hmac
 import secrets
 from typing import Any
 
-from passlib.hash import pbkdf2_sha256
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .db import now_ms, settings_table, web_sessions
+from .passwords import hash_password, verify_password
 
-MASTER_HASH = pbkdf2_sha256.using(rounds=600_000)
+MASTER_ROUNDS = 600_000
 MASTER_SETTING = "master_password_hash"
 COOKIE_NAME = "snpguard_session"
 SESSION_TTL_MS = 12 * 3600 * 1000
@@ -40,7 +40,7 @@ def generate_master_password() -> str:
 
 
 def hash_master_password(password: str) -> str:
-    return MASTER_HASH.hash(password)
+    return hash_password(password, MASTER_ROUNDS)
 
 
 def set_master_password(conn: Connection, password: str) -> None:
@@ -59,10 +59,7 @@ def verify_master_password(conn: Connection, password: str) -> bool:
     row = conn.execute(select(settings_table.c.value).where(settings_table.c.name == MASTER_SETTING)).first()
     if row is None or not isinstance(password, str) or not password:
         return False
-    try:
-        return bool(MASTER_HASH.verify(password, row.value))
-    except (ValueError, TypeError):
-        return False
+    return verify_password(password, row.value)
 
 
 def basic_auth_password(header: str | None) -> str | None:

@@ -26,7 +26,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from passlib.hash import pbkdf2_sha256
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -34,10 +33,11 @@ from ..plugins.module_utils.keyrelease.protocol import TOKEN_RE, TOKEN_SCOPES, f
 from . import ratelimit
 from .db import now_ms, read_tx, tokens, write_tx
 from .errors import ApiError
+from .passwords import hash_password, verify_password
 
 #: Secrets are 256 random bits, so a low PBKDF2 round count costs an attacker nothing
 #: they could use and keeps every admin request cheap.
-TOKEN_HASH = pbkdf2_sha256.using(rounds=1_000)
+TOKEN_ROUNDS = 1_000
 DEFAULT_SCOPE = "operator"
 TOUCH_EVERY_MS = 60_000
 MAX_DEPTH = 16  # generations below a master-password token (a loop guard, far above any real use)
@@ -103,9 +103,9 @@ def check(conn: Connection, header: str | None) -> TokenCheck:
     token_id, secret = match.groups()
     row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
     if row is None:
-        TOKEN_HASH.hash(secret)  # same work as a hit: no timing oracle for token ids
+        hash_password(secret, TOKEN_ROUNDS)  # same work as a hit: no timing oracle for token ids
         return TokenCheck(None, "token_invalid")
-    if not TOKEN_HASH.verify(secret, row.secret_hash):
+    if not verify_password(secret, row.secret_hash):
         return TokenCheck(None, "token_invalid")
     actor = Actor(token_id, row.scope, row.expires_at)
     if row.revoked_at is not None:
@@ -184,7 +184,7 @@ def mint(conn: Connection, actor: Actor, name: str, expires_at_ms: int | None,
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     created = now_ms()
-    conn.execute(insert(tokens).values(id=token_id, name=name, secret_hash=TOKEN_HASH.hash(secret),
+    conn.execute(insert(tokens).values(id=token_id, name=name, secret_hash=hash_password(secret, TOKEN_ROUNDS),
                                        created_at=created, expires_at=expires_at_ms, parent_id=parent_id,
                                        scope=scope))
     return {"id": token_id, "name": name, "token": format_token(token_id, secret), "created_at": created,
