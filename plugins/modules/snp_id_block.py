@@ -139,8 +139,8 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: >-
       -object sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy={{ id_block.policy }},
-      id-block={{ id_block.qemu['id-block'] }},id-auth={{ id_block.qemu['id-auth'] }},
-      author-key-enabled={{ id_block.qemu['author-key-enabled'] }}
+      id-block={{ id_block.qemu.id_block }},id-auth={{ id_block.qemu.id_auth }},
+      author-key-enabled={{ id_block.qemu.author_key_enabled }}
 
 - name: ID key only (no author key), policy as hex
   snpguard.cvm.snp_id_block:
@@ -189,20 +189,25 @@ policy:
   sample: 196608
 qemu:
   description:
-    - The C(sev-snp-guest) properties, ready to join into C(-object sev-snp-guest,...).
+    - The values of the C(sev-snp-guest) properties, ready to join into C(-object sev-snp-guest,...).
+    - The keys are the QEMU property names with C(_) for C(-) (RV(qemu.id_block) is C(id-block)).
     - V(null) in check mode when a key would first have to be generated.
   returned: success
   type: dict
   contains:
-    id-block:
-      description: Same as RV(id_block).
+    id_block:
+      description: The value of QEMU's C(id-block) property; same as RV(id_block).
       type: str
-    id-auth:
-      description: Same as RV(id_auth).
+      returned: success
+    id_auth:
+      description: The value of QEMU's C(id-auth) property; same as RV(id_auth).
       type: str
-    author-key-enabled:
-      description: V(on) or V(off).
+      returned: success
+    author_key_enabled:
+      description: The value of QEMU's C(author-key-enabled) property, V(on) or V(off).
       type: str
+      returned: success
+      sample: "on"
 keys_created:
   description: Key files created by this run (or that would be created, in check mode).
   returned: success
@@ -261,6 +266,8 @@ def main() -> None:
     def body() -> dict[str, Any]:
         result = ensure_id_block(request)
         diff = result.pop("diff")
+        if result["qemu"] is not None:  # QEMU's property names, as identifiers (id-block -> id_block)
+            result["qemu"] = {key.replace("-", "_"): value for key, value in result["qemu"].items()}
         if module._diff:
             result["diff"] = diff
         return result

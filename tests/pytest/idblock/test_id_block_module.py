@@ -76,7 +76,7 @@ def test_adhoc_create_then_idempotent(tmp_path: Path, args: dict[str, Any]) -> N
         author_public_key=sev_keys.load_private_key((tmp_path / "keys-author.pem").read_bytes()),
     )
     assert result["id_block"] == block.to_b64() and result["id_auth"] == auth.to_b64()
-    assert result["qemu"]["author-key-enabled"] == "on"
+    assert result["qemu"] == {"id_block": block.to_b64(), "id_auth": auth.to_b64(), "author_key_enabled": "on"}
     assert result["id_key_digest"] == auth.id_key_digest.hex()
     assert block.family_id == b"\x0a" * 16 and block.guest_svn == 1
 
