@@ -149,7 +149,7 @@ def _duration(text: str) -> int:
 
 def _rotate_kek(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from ..server.db import make_engine
+    from ..server.engine import make_engine
     from ..server.keys import rotate_kek
     from ..server.state import secure_data_dir
 
@@ -168,7 +168,7 @@ def _rotate_ingestion(args: argparse.Namespace) -> int:
     settings = _settings(args)
     import base64
 
-    from ..server.db import make_engine
+    from ..server.engine import make_engine
     from ..server.kek import load_or_create_kek
     from ..server.keys import rotate_ingestion_key
 

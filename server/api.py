@@ -27,7 +27,7 @@ from ..plugins.module_utils.keyrelease.protocol import HPKE_SUITE_IDS, HPKE_SUIT
 from ..plugins.module_utils.snp.binding import REPORT_DATA_LABEL
 from . import API_VERSION, SERVER_VERSION, attestation, auth, images, keys, ratelimit, tokens
 from .context import ServerContext
-from .db import current_revision, now_ms, read_tx, write_tx
+from .engine import now_ms, read_tx, write_tx
 from .errors import ApiError
 from .gate import ADMIN_STATE
 from .schemas import (
@@ -48,6 +48,7 @@ from .schemas import (
     TokenRevoked,
     VerifyRequest,
 )
+from .tables import current_revision
 
 bearer = HTTPBearer(auto_error=False, description="API token: sgt_<id>_<secret>")
 basic = HTTPBasic(auto_error=False, description="the master password (any user name); POST /v1/tokens only")

@@ -23,7 +23,7 @@ from . import API_VERSION, SERVER_VERSION, errors
 from .api import router as api_router
 from .config import Settings
 from .context import ServerContext, build_context
-from .db import WalCheckpointer
+from .engine import WalCheckpointer
 from .fastpath import AttestFastPath
 from .gate import AdminGate
 from .limits import BodyLimitMiddleware

@@ -58,17 +58,19 @@ from ..plugins.module_utils.snp.report import REPORT_SIZE, AttestationReport, pa
 from . import kek, ratelimit
 from .collateral_fetch import Refused
 from .context import ServerContext
-from .db import HotSql, audit, autocommit, hot_batch, now_ms, read_tx, write_tx
+from .engine import autocommit, now_ms, read_tx, write_tx
 from .errors import ApiError
+from .hotpath import HotSql, hot_batch
 from .images import expectations_for
 from .schemas import VerifyRequest
+from .tables import audit
 
 log = logging.getLogger("snpguard.server")
 
 SWEEP_PROBABILITY = 0.01
 KEEP_SESSIONS_MS = 3600 * 1000
 
-# The statements every handshake runs, as plain SQL (see db.HotSql).
+# The statements every handshake runs, as plain SQL (see hotpath.HotSql).
 _INSERT_SESSION = HotSql("INSERT INTO attest_sessions (id, nonce, source, created_at, expires_at) "
                          "VALUES (:id, :nonce, :source, :created_at, :expires_at)")
 _SWEEP_SESSIONS = HotSql("DELETE FROM attest_sessions WHERE expires_at < :before")

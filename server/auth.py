@@ -23,8 +23,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from .db import now_ms, settings_table, web_sessions
+from .engine import now_ms
 from .passwords import hash_password, verify_password
+from .tables import settings_table, web_sessions
 
 MASTER_ROUNDS = 600_000
 MASTER_SETTING = "master_password_hash"

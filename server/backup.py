@@ -41,7 +41,8 @@ from ..plugins.module_utils.common.fileio import atomic_write, create_private
 from ..plugins.module_utils.snp.errors import SnpError
 from . import SERVER_VERSION, kek, keys
 from .config import CONFIG_NAME, Settings
-from .db import audit, bundles, current_revision, images, make_engine, measurements, settings_table, tokens
+from .engine import make_engine
+from .tables import audit, bundles, current_revision, images, measurements, settings_table, tokens
 
 FORMAT = "snpguard-server-backup/v1"
 #: In dependency order (restored in this order, in one transaction).
@@ -211,7 +212,8 @@ def restore(settings: Settings, backup_path: str) -> dict[str, Any]:
 
 def _restore_rows(engine: Engine, revision: str | None, rows: dict[str, list[dict[str, Any]]]) -> None:
     """Schema at the backup's revision, every row in one transaction, then the schema at head."""
-    from .db import migrate, write_tx
+    from .engine import write_tx
+    from .tables import migrate
 
     if not revision:
         raise SnpError("the backup names no schema revision", field="backup")

@@ -19,8 +19,9 @@ from ..plugins.module_utils.snp.verify import TrustSettings
 from . import state
 from .collateral_fetch import CollateralFetcher
 from .config import Settings
-from .db import head_revision, make_engine, read_tx
+from .engine import make_engine, read_tx
 from .keys import KeyStore
+from .tables import head_revision
 from .tls import TlsFiles, ca_fingerprint
 
 

@@ -32,9 +32,10 @@ from ..plugins.module_utils.snp.policy import GuestPolicy, parse_policy
 from ..plugins.module_utils.snp.validate import Expectations, expectations_from_options
 from . import kek, keys
 from .context import ServerContext
-from .db import bundles, images, measurements, now_ms, read_tx, write_tx
+from .engine import now_ms, read_tx, write_tx
 from .errors import ApiError
 from .schemas import ImageCreate
+from .tables import bundles, images, measurements
 
 MAX_BUNDLE = 512 << 20
 

@@ -34,7 +34,8 @@ from ..plugins.module_utils.common.fileio import create_private
 from ..plugins.module_utils.keyrelease.protocol import generate_x25519, wipe
 from ..plugins.module_utils.snp.errors import SnpError
 from . import kek
-from .db import images, now_ms, settings_table
+from .engine import now_ms
+from .tables import images, settings_table
 
 KEK_CHECK = "kek_check"
 KEK_CHECK_LABEL = b"snpguard/kek-check/v1"
@@ -154,7 +155,7 @@ def rotate_ingestion_key(engine: Engine, kek_bytes: bytes, grace_seconds: int) -
     """
     if grace_seconds < 0:
         raise SnpError("must be >= 0", field="grace")
-    from .db import write_tx
+    from .engine import write_tx
 
     with write_tx(engine) as conn:
         old_private = get_setting(conn, INGESTION_PRIVATE)
@@ -250,7 +251,7 @@ def recover_rotation(conn: Connection, path: str) -> str | None:
 
 def rotate_kek(engine: Engine, path: str) -> int:
     """Re-wrap every blob under a fresh KEK and replace the KEK file; returns the number of blobs."""
-    from .db import write_tx
+    from .engine import write_tx
 
     pending = pending_path(path)
     with write_tx(engine) as conn:

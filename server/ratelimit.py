@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from .db import HotSql
 from .errors import ApiError
+from .hotpath import HotSql
 
 SWEEP_PROBABILITY = 0.01
 SHARDS = 8
@@ -70,7 +70,7 @@ def check(conn: Connection, bucket: str, limit: int, window_s: int, now_ms: int)
 
 
 def hit_call(bucket: str, window_s: int, now_ms: int) -> tuple[HotSql, dict[str, Any]]:
-    """The counting statement (one random shard), for a caller that batches it (``db.hot_batch``)."""
+    """The counting statement (one random shard), for a caller that batches it (``hotpath.hot_batch``)."""
     shard = random.randrange(SHARDS)
     return _HIT, {"bucket": f"{bucket[:BUCKET_MAX]}#{shard}", "window": window_of(now_ms, window_s)}
 

@@ -3,7 +3,7 @@
 """First start and shared server state: migrations, the master password, the ingestion key.
 
 ``initialize`` is idempotent and safe when several processes or replicas start at
-once (it runs under ``db.init_lock``): the first one migrates the database, makes the
+once (it runs under ``tables.init_lock``): the first one migrates the database, makes the
 HPKE ingestion key pair (private half under the KEK) and a master password; the
 others find them in the database.  Only the process that generated the password
 gets it back, to print once.
@@ -21,7 +21,8 @@ from ..plugins.module_utils.keyrelease.protocol import wipe
 from ..plugins.module_utils.snp.errors import SnpError
 from . import auth, kek, keys, tokens
 from .config import CONFIG_NAME, Settings
-from .db import init_lock, make_engine, migrate, write_tx
+from .engine import make_engine, write_tx
+from .tables import init_lock, migrate
 
 
 @dataclass

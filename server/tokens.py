@@ -31,9 +31,10 @@ from sqlalchemy.engine import Connection
 
 from ..plugins.module_utils.keyrelease.protocol import TOKEN_RE, TOKEN_SCOPES, format_token
 from . import ratelimit
-from .db import now_ms, read_tx, tokens, write_tx
+from .engine import now_ms, read_tx, write_tx
 from .errors import ApiError
 from .passwords import hash_password, verify_password
+from .tables import tokens
 
 #: Secrets are 256 random bits, so a low PBKDF2 round count costs an attacker nothing
 #: they could use and keeps every admin request cheap.

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from .. import SERVER_VERSION, api, attestation, auth, images, ratelimit, tokens
-from ..db import now_ms, read_tx, write_tx
+from ..engine import now_ms, read_tx, write_tx
 from ..errors import ApiError
 from ..schemas import TokenCreate
 

@@ -25,7 +25,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol i
 from ansible_collections.snpguard.cvm.server import attestation, images
 from ansible_collections.snpguard.cvm.server.config import load_settings
 from ansible_collections.snpguard.cvm.server.context import ServerContext, build_context
-from ansible_collections.snpguard.cvm.server.db import read_tx
+from ansible_collections.snpguard.cvm.server.engine import read_tx
 from ansible_collections.snpguard.cvm.server.errors import ApiError
 from ansible_collections.snpguard.cvm.server.keys import ingestion_public
 from ansible_collections.snpguard.cvm.server.schemas import ImageCreate, VerifyRequest

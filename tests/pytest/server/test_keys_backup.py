@@ -126,7 +126,7 @@ def test_a_replica_with_the_old_kek_refuses_to_register(tmp_path: Path, pg_url: 
 def test_an_interrupted_rotation_is_finished_at_the_next_start(tmp_path: Path) -> None:
     """A crash after the re-wrap committed but before the rename: the next start finishes the rename."""
     from ansible_collections.snpguard.cvm.server import keys
-    from ansible_collections.snpguard.cvm.server.db import make_engine
+    from ansible_collections.snpguard.cvm.server.engine import make_engine
 
     data = tmp_path / "data"
     cli("init", "--data-dir", str(data))

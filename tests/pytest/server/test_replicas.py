@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import Agent, Postgres, ServerProcess, register
 
-from ansible_collections.snpguard.cvm.server.db import head_revision
+from ansible_collections.snpguard.cvm.server.tables import head_revision
 
 
 @pytest.mark.slow

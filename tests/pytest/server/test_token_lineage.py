@@ -111,7 +111,8 @@ def test_tokens_from_before_lineage_become_admin_tokens(tmp_path: Path) -> None:
     """A database at revision 0001 with a token: after the upgrade that token is an admin without a parent."""
     from sqlalchemy import insert, text
 
-    from ansible_collections.snpguard.cvm.server.db import make_engine, migrate
+    from ansible_collections.snpguard.cvm.server.engine import make_engine
+    from ansible_collections.snpguard.cvm.server.tables import migrate
 
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
