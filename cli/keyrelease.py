@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..plugins.module_utils.common.fileio import atomic_write
-from ..plugins.module_utils.keyrelease import cvm_register
+from ..plugins.module_utils.keyrelease import cvm_register, registration
 from ..plugins.module_utils.keyrelease.admin_client import (
     ApiError,
     KeyReleaseClient,
@@ -31,8 +31,8 @@ from ..plugins.module_utils.keyrelease.admin_client import (
 )
 from ..plugins.module_utils.snp.errors import SnpError
 
-POLICY_FLAGS = ("allow_debug", "smt", "single_socket", "migrate_ma", "cxl_allow")
-TCB_NAMES = ("bootloader", "tee", "snp", "microcode", "fmc")
+POLICY_FLAGS = ("allow_debug", *registration.POLICY_FLAGS)
+TCB_NAMES = registration.MIN_TCB_FIELDS
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..plugins.module_utils.bundle.archive import build_launch_bundle, read_bundle
+from ..plugins.module_utils.keyrelease import registration
 from ..plugins.module_utils.keyrelease.protocol import open_ingestion, same_secret, wipe
 from ..plugins.module_utils.snp import sev_keys
 from ..plugins.module_utils.snp.errors import SnpError
@@ -44,8 +45,7 @@ def _ts(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _hex(value: str | None) -> str | None:
-    return None if value is None else value.lower().removeprefix("0x")
+_hex = registration.hex_value
 
 
 def b64decode(value: str, field: str) -> bytes:
@@ -57,20 +57,7 @@ def b64decode(value: str, field: str) -> bytes:
 
 def _spec(req: ImageCreate, artifact_digests: dict[str, str] | None) -> dict[str, Any]:
     """The canonical, non-secret content of a registration (what idempotence compares)."""
-    return {
-        "measurements": {str(int(k)): _hex(v) for k, v in sorted(req.measurements.items(), key=lambda i: int(i[0]))},
-        "vcpu_type": req.vcpu_type,
-        "policy": req.policy.model_dump(),
-        "min_tcb": req.min_tcb.model_dump(exclude_none=True) if req.min_tcb else None,
-        "id_key_digests": sorted(_hex(d) for d in req.id_key_digests),
-        "author_key_digests": sorted(_hex(d) for d in req.author_key_digests),
-        "generate_id_keys": req.generate_id_keys,
-        "family_id": _hex(req.family_id),
-        "image_id": _hex(req.image_id),
-        "guest_svn": req.guest_svn,
-        "host_data": _hex(req.host_data),
-        "artifacts": artifact_digests,
-    }
+    return registration.canonical_spec(req.model_dump(mode="json"), artifact_digests)
 
 
 def _launch_policy(req: ImageCreate) -> GuestPolicy:
@@ -104,8 +91,7 @@ def expectations_for(spec: dict[str, Any], generated_digest: str | None, measure
         "report_data": report_data.hex(),
         "vmpl": 0,
         "allow_debug": bool(policy.get("allow_debug")),
-        "policy": {k: policy[k] for k in ("smt", "single_socket", "migrate_ma", "cxl_allow")
-                   if policy.get(k) is not None},
+        "policy": {k: policy[k] for k in registration.POLICY_FLAGS if policy.get(k) is not None},
         "min_abi": policy.get("min_abi"),
         "min_tcb": spec.get("min_tcb") or {},
         "id_key_digests": digests,
@@ -221,22 +207,20 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
     if req.artifacts:
         kernel = b64decode(req.artifacts.kernel_b64, "artifacts.kernel_b64")
         initrd = b64decode(req.artifacts.initrd_b64, "artifacts.initrd_b64")
-        digests = {"kernel": hashlib.sha256(kernel).hexdigest(), "initrd": hashlib.sha256(initrd).hexdigest(),
-                   "cmdline": hashlib.sha256(req.artifacts.cmdline.encode()).hexdigest(),
-                   "firmware_sha384": _hex(req.artifacts.firmware_sha384) or "",
-                   "launch": hashlib.sha256(json.dumps(req.artifacts.launch, sort_keys=True).encode()).hexdigest()}
-        if req.artifacts.id_blocks:
-            digests["id_blocks"] = hashlib.sha256(json.dumps(
-                {k: v.model_dump() for k, v in req.artifacts.id_blocks.items()}, sort_keys=True).encode()).hexdigest()
+        digests = registration.boot_artifact_digests(
+            kernel=kernel, initrd=initrd, cmdline=req.artifacts.cmdline, firmware_sha384=req.artifacts.firmware_sha384,
+            launch=req.artifacts.launch,
+            id_blocks={k: v.model_dump() for k, v in req.artifacts.id_blocks.items()} if req.artifacts.id_blocks
+            else None)
     elif req.bundle_b64:
         prebuilt = b64decode(req.bundle_b64, "bundle_b64")
         try:
             read_bundle(prebuilt, max_size=MAX_BUNDLE)
         except SnpError as exc:
             raise ApiError(400, "invalid_request", exc.message, field="bundle_b64") from exc
-        digests = {"bundle": hashlib.sha256(prebuilt).hexdigest()}
+        digests = registration.bundle_digests(prebuilt)
     spec = _spec(req, digests)
-    content = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    content = registration.content_digest(spec)
 
     with read_tx(ctx.engine) as conn:
         existing = conn.execute(select(images).where(images.c.name == req.name)).first()

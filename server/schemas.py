@@ -11,7 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+
+from ..plugins.module_utils.keyrelease.registration import MIN_TCB_FIELDS, POLICY_FLAGS, REQUIRED_TCB_FIELDS
 
 Hex96 = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{96}$", description="48 bytes, hex")]
 Hex64 = Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{64}$", description="32 bytes, hex")]
@@ -56,23 +58,15 @@ class ErrorBody(BaseModel):
 # -- images ---------------------------------------------------------------------------------------
 
 
-class PolicyConstraints(Strict):
-    """Guest-policy constraints a report must meet; unset flags are not checked."""
-
-    allow_debug: bool = False
-    smt: bool | None = None
-    single_socket: bool | None = None
-    migrate_ma: bool | None = None
-    cxl_allow: bool | None = None
-    min_abi: str | None = Field(None, pattern=r"^[0-9]{1,3}\.[0-9]{1,3}$", description="MAJOR.MINOR")
-
-
-class MinTcb(Strict):
-    bootloader: Spl
-    tee: Spl
-    snp: Spl
-    microcode: Spl
-    fmc: Spl | None = None
+# Both built from the registration vocabulary (keyrelease/registration.py), which the clients share.
+PolicyConstraints = create_model(
+    "PolicyConstraints", __base__=Strict, __doc__="Guest-policy constraints a report must meet; unset flags are "
+    "not checked.", allow_debug=(bool, False), **{name: (bool | None, None) for name in POLICY_FLAGS},
+    min_abi=(str | None, Field(None, pattern=r"^[0-9]{1,3}\.[0-9]{1,3}$", description="MAJOR.MINOR")))
+MinTcb = create_model(
+    "MinTcb", __base__=Strict, __doc__="Minimum TCB: the four SPLs together, FMC on Turin.",
+    **{name: (Spl, ...) for name in REQUIRED_TCB_FIELDS},
+    **{name: (Spl | None, None) for name in MIN_TCB_FIELDS if name not in REQUIRED_TCB_FIELDS})
 
 
 class IdBlockPair(Strict):

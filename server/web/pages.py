@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from ...plugins.module_utils.snp.tcb import SPL_NAMES
 from .. import SERVER_VERSION, api, attestation, auth, images, ratelimit, tokens
 from ..engine import now_ms, read_tx, write_tx
 from ..errors import ApiError
@@ -73,8 +74,7 @@ def _tcb_text(tcb: dict[str, Any] | None) -> str:
         return ""
     if set(tcb) == {"raw"}:
         return f"raw 0x{tcb['raw']}"
-    order = ("bootloader", "tee", "snp", "microcode", "fmc")
-    keys = [k for k in order if k in tcb] + sorted(k for k in tcb if k not in order)
+    keys = [k for k in SPL_NAMES if k in tcb] + sorted(k for k in tcb if k not in SPL_NAMES)
     return ", ".join(f"{k} {tcb[k]}" for k in keys)
 
 

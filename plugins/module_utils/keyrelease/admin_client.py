@@ -29,6 +29,7 @@ from typing import Any
 
 from ..common.http import open_url, verifying_context
 from ..snp.errors import SnpError
+from . import registration
 from .protocol import MAX_VOLUME_KEY, TOKEN_RE, seal_for_ingestion, wipe
 
 API_PREFIX = "/v1"
@@ -188,59 +189,14 @@ def read_sealed_key_file(path: str) -> str:
     return base64.b64encode(data).decode()
 
 
-def _hex(value: str | None) -> str | None:
-    return None if value is None else value.lower().removeprefix("0x")
-
-
-def _hexes(values: list[str] | None) -> list[str]:
-    return sorted(_hex(v) or "" for v in values or [])
-
-
 def content_digest(body: dict[str, Any], artifact_digests: dict[str, str] | None) -> str:
-    """The server's ``content_sha256`` for a registration body (its canonical, non-secret content).
-
-    Mirrors the server's canonical form (``server/images.py``), so check mode can tell
-    whether a registration would change anything; tests compare both on a real server.
-    """
-    policy = {"allow_debug": False, "smt": None, "single_socket": None, "migrate_ma": None, "cxl_allow": None,
-              "min_abi": None}
-    policy.update(body.get("policy") or {})
-    min_tcb = body.get("min_tcb")
-    measurements = sorted(body["measurements"].items(), key=lambda i: int(i[0]))
-    spec = {
-        "measurements": {str(int(k)): _hex(v) for k, v in measurements},
-        "vcpu_type": body.get("vcpu_type"),
-        "policy": policy,
-        "min_tcb": {k: v for k, v in min_tcb.items() if v is not None} if min_tcb else None,
-        "id_key_digests": _hexes(body.get("id_key_digests")),
-        "author_key_digests": _hexes(body.get("author_key_digests")),
-        "generate_id_keys": bool(body.get("generate_id_keys", False)),
-        "family_id": _hex(body.get("family_id")),
-        "image_id": _hex(body.get("image_id")),
-        "guest_svn": body.get("guest_svn"),
-        "host_data": _hex(body.get("host_data")),
-        "artifacts": artifact_digests,
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    """The server's ``content_sha256`` for a registration body (``registration.canonical_spec``)."""
+    return registration.content_digest(registration.canonical_spec(body, artifact_digests))
 
 
-def artifact_digests(body: dict[str, Any]) -> dict[str, str] | None:
-    """The digests the server records for the boot artifacts or the prebuilt bundle of a body."""
-    artifacts = body.get("artifacts")
-    if artifacts:
-        out = {
-            "kernel": hashlib.sha256(base64.b64decode("".join(artifacts["kernel_b64"].split()))).hexdigest(),
-            "initrd": hashlib.sha256(base64.b64decode("".join(artifacts["initrd_b64"].split()))).hexdigest(),
-            "cmdline": hashlib.sha256(artifacts["cmdline"].encode()).hexdigest(),
-            "firmware_sha384": _hex(artifacts["firmware_sha384"]) or "",
-            "launch": hashlib.sha256(json.dumps(artifacts.get("launch") or {}, sort_keys=True).encode()).hexdigest(),
-        }
-        if artifacts.get("id_blocks"):
-            out["id_blocks"] = hashlib.sha256(json.dumps(artifacts["id_blocks"], sort_keys=True).encode()).hexdigest()
-        return out
-    if body.get("bundle_b64"):
-        return {"bundle": hashlib.sha256(base64.b64decode("".join(body["bundle_b64"].split()))).hexdigest()}
-    return None
+artifact_digests = registration.artifact_digests
+_hex = registration.hex_value
+_hexes = registration.hex_values
 
 
 def image_facts(image: dict[str, Any] | None) -> dict[str, Any]:

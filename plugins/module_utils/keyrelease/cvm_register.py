@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from ..snp.errors import SnpError
+from . import registration
 from .admin_client import (
     ApiError,
     KeyReleaseClient,
@@ -32,8 +33,8 @@ from .admin_client import (
 )
 
 MAX_ARTIFACT = 512 << 20
-POLICY_KEYS = ("allow_debug", "smt", "single_socket", "migrate_ma", "cxl_allow", "min_abi")
-TCB_KEYS = ("bootloader", "tee", "snp", "microcode", "fmc")
+POLICY_KEYS = tuple(registration.POLICY_DEFAULTS)
+TCB_KEYS = registration.MIN_TCB_FIELDS
 KEY_SOURCES = ("sealed_volume_key", "sealed_volume_key_file", "volume_key_file")
 
 
@@ -141,7 +142,7 @@ def build_body(options: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(min_tcb) - set(TCB_KEYS))
         if unknown:
             raise SnpError(f"unknown TCB components {', '.join(unknown)}", field="min_tcb")
-        missing = [k for k in TCB_KEYS[:4] if k not in min_tcb]
+        missing = [k for k in registration.REQUIRED_TCB_FIELDS if k not in min_tcb]
         if missing:
             raise SnpError(f"min_tcb needs {', '.join(missing)}", field="min_tcb")
         body["min_tcb"] = {k: int(v) for k, v in min_tcb.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..snp import options
 from ..snp.errors import MeasurementError
 from ..snp.measure import LaunchConfig, Measurement, Mode
 from ..snp.vcpu_types import resolve_signature
@@ -18,41 +19,16 @@ from ..snp.vmsa import Ec2Vmsa, KvmInit, VmmType
 
 
 def parse_int(value: Any, field: str) -> int | None:
-    """Accept 5, "5", "0x5"; refuse anything else naming ``field``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise MeasurementError(f"expected an integer, got {value!r}", field=field)
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip(), 0)
-    except ValueError:
-        raise MeasurementError(f"expected an integer (decimal or 0x-hex), got {value!r}", field=field) from None
+    """Accept 5, "5", "0x5"; refuse anything else naming ``field`` (``snp.options``)."""
+    return options.parse_int(value, field, error=MeasurementError)
 
 
-def parse_hex(value: str | None, field: str, size: int) -> bytes | None:
-    if value is None or value == "":
-        return None
-    text = value.strip().lower().removeprefix("0x")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise MeasurementError("is not a hex string", field=field) from None
-    if len(raw) != size:
-        raise MeasurementError(f"must be {size} bytes ({size * 2} hex digits), got {len(raw)}", field=field)
-    return raw
+def parse_hex(value: Any, field: str, size: int) -> bytes | None:
+    return options.parse_hex(value, field, size=size, error=MeasurementError)
 
 
-def _enum(kind: Any, value: str | None, field: str, default: Any) -> Any:
-    if value is None:
-        return default
-    for member in kind:
-        if str(value).lower() == member.value.lower():
-            return member
-    raise MeasurementError(
-        f"unknown value {value!r}; known: {', '.join(m.value for m in kind)}", field=field
-    )
+def _enum(kind: Any, value: Any, field: str, default: Any) -> Any:
+    return options.parse_enum(kind, value, field, default=default, error=MeasurementError)
 
 
 def _vcpu_counts(value: Any) -> tuple[int, ...]:

@@ -47,7 +47,7 @@ import dataclasses
 import struct
 from typing import Any
 
-from . import sev_keys
+from . import options, sev_keys
 from .errors import FormatError, SnpError
 from .policy import DEFAULT_POLICY, GuestPolicy, parse_policy
 
@@ -83,25 +83,10 @@ _ZERO_SIG = bytes(sev_keys.SIGNATURE_SIZE)
 
 def parse_hex(value: Any, size: int, field: str) -> bytes:
     """``size`` bytes from a hex string (``0x`` prefix and surrounding space allowed) or bytes."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        if len(data) != size:
-            raise SnpError(f"must be {size} bytes, got {len(data)}", field=field)
-        return data
-    if not isinstance(value, str):
-        raise SnpError(f"must be a hex string of {2 * size} characters, got {type(value).__name__}", field=field)
-    text = value.strip()
-    if text[:2] in ("0x", "0X"):
-        text = text[2:]
-    if len(text) != 2 * size:
-        raise SnpError(
-            f"must be {2 * size} hex characters ({size} bytes), got {len(text)} characters",
-            field=field,
-        )
-    try:
-        return bytes.fromhex(text)
-    except ValueError as exc:
-        raise SnpError(f"is not hexadecimal: {value!r}", field=field) from exc
+    data = options.parse_hex(value, field, size=size)
+    if data is None:
+        raise SnpError(f"must be {2 * size} hex characters ({size} bytes), got nothing", field=field)
+    return data
 
 
 def decode_blob(data: Any, size: int, field: str, *, path: str | None = None) -> bytes:

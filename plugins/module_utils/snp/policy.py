@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .errors import SnpError
+from .options import parse_int
 
 U64_MAX = (1 << 64) - 1
 
@@ -238,12 +239,10 @@ def parse_assignments(text: str, *, field: str = "policy") -> dict[str, Any]:
 
 
 def _parse_int_text(text: str, field: str) -> int:
-    text = text.strip().replace("_", "")
-    if _HEX.fullmatch(text):
-        return int(text, 16)
-    if _DECIMAL.fullmatch(text):
-        return int(text, 10)
-    raise SnpError(f"expected a decimal or 0x-hex integer, got {text!r}", field=field)
+    number = parse_int(text, field)
+    if number is None:
+        raise SnpError("expected a decimal or 0x-hex integer, got nothing", field=field)
+    return number
 
 
 def parse_policy(value: Any, *, field: str = "policy") -> GuestPolicy:

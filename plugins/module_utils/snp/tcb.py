@@ -51,6 +51,8 @@ def product_from_cpuid(family: int, model: int) -> Product | None:
 
 
 COMPONENTS = ("fmc", "bootloader", "tee", "snp", "microcode")
+#: The SPLs as people list them (and registrations, reports and KDS name them): FMC last, Turin only.
+SPL_NAMES = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 
 @dataclass(frozen=True, order=False)

@@ -15,6 +15,7 @@ from typing import Any
 
 from .checks import CheckList
 from .errors import SnpError
+from .options import parse_hex_list, parse_int
 from .report import PLATFORM_INFO_BITS, AttestationReport, decode_platform_info
 from .tcb import COMPONENTS, Product, TcbVersion
 
@@ -187,17 +188,7 @@ def expectations_from_options(options: Mapping[str, Any]) -> Expectations:
     """Build expectations from option names shared by the module, the CLI and the server."""
 
     def hexes(name: str) -> tuple[bytes, ...]:
-        value = options.get(name)
-        if value in (None, "", []):
-            return ()
-        items = value if isinstance(value, list | tuple) else [value]
-        out = []
-        for item in items:
-            try:
-                out.append(bytes.fromhex(str(item).strip().lower().removeprefix("0x")))
-            except ValueError:
-                raise SnpError(f"{item!r} is not hex", field=f"expect.{name}") from None
-        return tuple(out)
+        return parse_hex_list(options.get(name), f"expect.{name}")
 
     def one(name: str) -> bytes | None:
         values = hexes(name)
@@ -215,13 +206,7 @@ def expectations_from_options(options: Mapping[str, Any]) -> Expectations:
             raise SnpError(f"{min_abi!r} is not MAJOR.MINOR", field="expect.min_abi") from None
 
     def optional_int(name: str) -> int | None:
-        value = options.get(name)
-        if value in (None, ""):
-            return None
-        try:
-            return int(value, 0) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
-            raise SnpError(f"{value!r} is not an integer", field=f"expect.{name}") from None
+        return parse_int(options.get(name), f"expect.{name}")
 
     def flags(name: str) -> dict[str, bool]:
         value = options.get(name) or {}

@@ -519,7 +519,8 @@ def test_parse_hex() -> None:
     assert parse_hex(None, "h", 2) is None and parse_hex("", "h", 2) is None
     assert parse_hex("0xABcd", "h", 2) == b"\xab\xcd"
     assert parse_hex(" abcd ", "h", 2) == b"\xab\xcd"
-    for bad, match in (("abc", "not a hex"), ("zz", "not a hex"), ("ab", "must be 2 bytes"), ("abcdef", "got 3")):
+    for bad, match in (("abc", "must be 4 hex digits .2 bytes., got 3"), ("zzzz", "not hexadecimal"),
+                       ("ab", "got 2"), ("abcdef", "got 6"), (b"abc", "must be 2 bytes, got 3")):
         with pytest.raises(MeasurementError, match=match) as info:
             parse_hex(bad, "ovmf_hash", 2)
         assert info.value.field == "ovmf_hash"

@@ -124,7 +124,7 @@ def test_id_block_build_refusals_name_the_field(kwargs: dict, field: str) -> Non
 def test_measurement_message_says_expected_length() -> None:
     with pytest.raises(SnpError) as err:
         IdBlock.build("ab" * 32)
-    assert "96 hex characters" in err.value.message
+    assert "96 hex digits (48 bytes), got 64" in err.value.message
 
 
 def test_parse_hex_spellings() -> None:
