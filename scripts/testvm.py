@@ -11,7 +11,7 @@ reaches nothing but the forwarded ports, so whatever a role installs must come f
 the controller (see `wheelhouse`).
 
   testvm.py build       [--refresh]                  cached image (~1 min the first time)
-  testvm.py wheelhouse  -r REQ [-p PKG] --dest DIR   wheels for the guest's Python
+  testvm.py wheelhouse  -r REQ [-c CON] [-p PKG] --dest DIR   wheels for the guest's Python
   testvm.py start       --state DIR [--forward H:G]  boot an overlay, wait for systemd
   testvm.py ssh         --state DIR -- CMD           run a command in it
   testvm.py stop        --state DIR                  power off, remove the overlay
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -247,8 +248,11 @@ def build(refresh: bool = False) -> Path:
 # --------------------------------------------------------------------------- wheelhouse
 
 
-def wheelhouse(requirements: list[Path], packages: list[str], dest: Path) -> Path:
-    """Download binary wheels for the guest's Python, so pip in the guest needs no index."""
+def wheelhouse(requirements: list[Path], packages: list[str], dest: Path, constraints: Sequence[Path] = ()) -> Path:
+    """Download binary wheels for the guest's Python, so pip in the guest needs no index.
+
+    ``constraints`` (pip ``-c`` files) pin the versions, as the role pins them when it installs.
+    """
     manifest = load_manifest(image_dir())
     if manifest is None:
         raise TestVmError("no test VM image yet: run `testvm.py build` first")
@@ -256,6 +260,8 @@ def wheelhouse(requirements: list[Path], packages: list[str], dest: Path) -> Pat
     digest = hashlib.sha256(python.encode())
     for path in requirements:
         digest.update(path.read_bytes())
+    for path in constraints:
+        digest.update(b"constraints\0" + path.read_bytes())
     for package in packages:
         digest.update(package.encode() + b"\0")
     stamp = dest / ".complete"
@@ -293,6 +299,8 @@ def wheelhouse(requirements: list[Path], packages: list[str], dest: Path) -> Pat
         argv += ["--platform", platform]
     for path in requirements:
         argv += ["-r", str(path)]
+    for path in constraints:
+        argv += ["-c", str(path)]
     run(argv + packages, capture_output=True)
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
@@ -502,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--refresh", action="store_true", help="rebuild even when the cached image is current")
     p_wheels = sub.add_parser("wheelhouse", help="download wheels for the guest's Python")
     p_wheels.add_argument("-r", "--requirement", action="append", default=[], type=Path)
+    p_wheels.add_argument("-c", "--constraint", action="append", default=[], type=Path)
     p_wheels.add_argument("-p", "--package", action="append", default=[])
     p_wheels.add_argument("--dest", required=True, type=Path)
     p_start = sub.add_parser("start", help="boot a fresh overlay and wait for systemd")
@@ -521,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             print(build(args.refresh))
         elif args.command == "wheelhouse":
-            print(wheelhouse(args.requirement, args.package, args.dest))
+            print(wheelhouse(args.requirement, args.package, args.dest, args.constraint))
         elif args.command == "start":
             info = start(
                 args.state,

@@ -24,8 +24,9 @@ import re
 import sys
 import tarfile
 
+# What pyproject.toml's wheel target includes (from a checkout or an installed collection).
 INCLUDE = ("pyproject.toml", "galaxy.yml", "README.md", "LICENSE", "requirements.txt", "requirements-server.txt",
-           "meta", "plugins", "roles", "playbooks", "cli", "server", "docs")
+           "constraints-server.txt", "meta", "plugins", "roles", "playbooks", "cli", "server", "docs")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 
 
