@@ -8,8 +8,8 @@ Members, all regular files at the top level::
     initrd            the initrd (-initrd)
     cmdline           the kernel command line, UTF-8, no trailing newline
     firmware.sha384   hex SHA-384 of the OVMF image (its identity; the firmware itself is the host's)
-    launch.json       vCPUs, vCPU type, guest policy, guest features, VMM type, expected measurement(s),
-                      and for each vCPU count the names of its ID block files
+    launch.json       the launch facts (``launch.py``): vCPUs, vCPU type, guest policy, guest features,
+                      VMM type, expected measurement(s), host data, and the ID block files per vCPU count
     id_block.b64      ID block and ID auth, base64 as QEMU takes them, when there is one vCPU count;
     id_auth.b64       with several, ``id_block.<vcpus>.b64`` / ``id_auth.<vcpus>.b64`` per count
 
@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..snp.errors import FormatError, SnpError
+from .launch import parse_launch
 
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED = ("kernel", "initrd", "cmdline", "firmware.sha384", "launch.json")
@@ -73,7 +74,7 @@ def build_launch_bundle(*, kernel: bytes, initrd: bytes, cmdline: str, firmware_
         "cmdline": cmdline.encode("utf-8"),
         "firmware.sha384": firmware.encode("ascii") + b"\n",
     }
-    launch_doc = dict(launch)
+    facts = parse_launch(launch, field_name="artifacts.launch")
     blocks = dict(id_blocks or {})
     if blocks:
         single = len(blocks) == 1
@@ -85,8 +86,8 @@ def build_launch_bundle(*, kernel: bytes, initrd: bytes, cmdline: str, firmware_
             files[block_name] = block.encode("ascii") + b"\n"
             files[auth_name] = auth.encode("ascii") + b"\n"
             names[str(vcpus)] = {"id_block": block_name, "id_auth": auth_name}
-        launch_doc["id_block_files"] = names
-    files["launch.json"] = (json.dumps(launch_doc, sort_keys=True, indent=2) + "\n").encode("utf-8")
+        facts.id_block_files = {int(k): v for k, v in names.items()}
+    files["launch.json"] = facts.dumps()
     return build_bundle(files)
 
 
@@ -155,7 +156,13 @@ def read_bundle(data: bytes, *, max_size: int = 1 << 30) -> dict[str, bytes]:
     if missing:
         raise FormatError(f"lacks {', '.join(missing)}", field="bundle")
     try:
-        json.loads(files["launch.json"])
+        doc = json.loads(files["launch.json"])
     except ValueError as exc:
         raise FormatError(f"launch.json is not JSON: {exc}", field="bundle.launch.json") from exc
+    if not isinstance(doc, dict):
+        raise FormatError("launch.json is not a JSON object", field="bundle.launch.json")
+    try:
+        parse_launch(doc, field_name="bundle.launch.json")
+    except SnpError as exc:
+        raise FormatError(exc.message, field=exc.field) from exc
     return files
