@@ -240,63 +240,24 @@ def _token_minter(request: Request, _bearer: Annotated[HTTPAuthorizationCredenti
     return tokens.MASTER
 
 
-def token_out(row: Any, now: int) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "created_at": _ts(row.created_at), "expires_at": _ts(row.expires_at),
-            "revoked_at": _ts(row.revoked_at), "last_used_at": _ts(row.last_used_at),
-            "state": tokens.state_of(row, now), "scope": row.scope, "parent_id": row.parent_id}
-
-
-def expires_ms_of(body: TokenCreate) -> int | None:
-    if body.expires_at is None:
-        return None
-    when = body.expires_at if body.expires_at.tzinfo else body.expires_at.replace(tzinfo=UTC)
-    try:
-        expires_ms = int(when.timestamp() * 1000)
-    except (OverflowError, ValueError, OSError) as exc:
-        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at") from exc
-    if not 0 <= expires_ms < 1 << 62:
-        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at")
-    return expires_ms
-
-
-def mint_token(ctx: ServerContext, actor: tokens.Actor, body: TokenCreate) -> dict[str, Any]:
-    """POST /v1/tokens as a service (the dashboard mints as the master password)."""
-    expires_ms = expires_ms_of(body)
-    with write_tx(ctx.engine) as conn:
-        made = tokens.mint(conn, actor, body.name, expires_ms, body.scope)
-    return {**made, "created_at": _ts(made["created_at"]), "expires_at": _ts(made["expires_at"])}
-
-
-def token_list(ctx: ServerContext, actor: tokens.Actor) -> list[dict[str, Any]]:
-    now = now_ms()
-    with read_tx(ctx.engine) as conn:
-        return [token_out(row, now) for row in tokens.list_tokens(conn, actor)]
-
-
-def token_revoke(ctx: ServerContext, actor: tokens.Actor, token_id: str) -> dict[str, Any]:
-    with write_tx(ctx.engine) as conn:
-        newly = tokens.revoke(conn, actor, token_id)
-    return {"id": token_id, "revoked": True, "cascaded": sorted(t for t in newly if t != token_id)}
-
-
 @router.post("/tokens", response_model=TokenCreated, status_code=201, tags=["tokens"],
              summary="create an API token (shown once): with the master password (HTTP Basic) or an admin token",
              responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}})
 def create_token(request: Request, body: TokenCreate, actor: Annotated[tokens.Actor, Depends(_token_minter)]
                  ) -> dict[str, Any]:
-    return mint_token(context(request), actor, body)
+    return tokens.create(context(request), actor, body.name, body.expires_at, body.scope)
 
 
 @router.get("/tokens", response_model=TokenList, tags=["tokens"], responses=ADMIN_ERRORS,
             summary="API tokens (never their secrets): all for admin tokens, else the caller and those below it")
 def list_tokens(request: Request, actor: Caller) -> dict[str, Any]:
-    return {"items": token_list(context(request), actor)}
+    return {"items": tokens.listing(context(request), actor)}
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenRevoked, tags=["tokens"], responses=ADMIN_ERRORS,
                summary="revoke a token and every token it minted (admin: any; operator: itself and below)")
 def revoke_token(request: Request, token_id: TokenId, actor: Caller) -> dict[str, Any]:
-    return token_revoke(context(request), actor, token_id)
+    return tokens.revoke_cascading(context(request), actor, token_id)
 
 
 # -- audit -----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
@@ -34,6 +35,9 @@ from . import ratelimit
 from .engine import now_ms, read_tx, write_tx
 from .errors import ApiError
 from .passwords import hash_password, verify_password
+
+if TYPE_CHECKING:  # (the context imports the whole server; tokens is imported by it)
+    from .context import ServerContext
 from .tables import tokens
 
 #: Secrets are 256 random bits, so a low PBKDF2 round count costs an attacker nothing
@@ -256,3 +260,51 @@ def revoke(conn: Connection, actor: Actor, token_id: str) -> list[str]:
             conn.execute(update(tokens).where(tokens.c.id.in_(pending)).values(revoked_at=now))
             newly.extend(pending)
     return newly
+
+
+# -- the service (what the API and the dashboard call) ---------------------------------------------------
+
+
+def _ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def token_out(row: Any, now: int) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "created_at": _ts(row.created_at), "expires_at": _ts(row.expires_at),
+            "revoked_at": _ts(row.revoked_at), "last_used_at": _ts(row.last_used_at),
+            "state": state_of(row, now), "scope": row.scope, "parent_id": row.parent_id}
+
+
+def expires_ms_of(expires_at: datetime | None) -> int | None:
+    """An expiry as stored (ms); naive times are UTC; out of range is a 400 naming expires_at."""
+    if expires_at is None:
+        return None
+    when = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)
+    try:
+        expires_ms = int(when.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at") from exc
+    if not 0 <= expires_ms < 1 << 62:
+        raise ApiError(400, "invalid_request", "expires_at is out of range", field="expires_at")
+    return expires_ms
+
+
+def create(ctx: ServerContext, actor: Actor, name: str, expires_at: datetime | None,
+           scope: str | None = None) -> dict[str, Any]:
+    """Mint a token as ``actor`` (the dashboard mints as ``MASTER``); the answer holds the token once."""
+    expires_ms = expires_ms_of(expires_at)
+    with write_tx(ctx.engine) as conn:
+        made = mint(conn, actor, name, expires_ms, scope)
+    return {**made, "created_at": _ts(made["created_at"]), "expires_at": _ts(made["expires_at"])}
+
+
+def listing(ctx: ServerContext, actor: Actor) -> list[dict[str, Any]]:
+    now = now_ms()
+    with read_tx(ctx.engine) as conn:
+        return [token_out(row, now) for row in list_tokens(conn, actor)]
+
+
+def revoke_cascading(ctx: ServerContext, actor: Actor, token_id: str) -> dict[str, Any]:
+    with write_tx(ctx.engine) as conn:
+        newly = revoke(conn, actor, token_id)
+    return {"id": token_id, "revoked": True, "cascaded": sorted(t for t in newly if t != token_id)}

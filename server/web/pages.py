@@ -270,7 +270,7 @@ def web_bundle(request: Request, image_id: str, _session: Session) -> Response:
 
 def _tokens_page(request: Request, session: dict[str, Any], *, status: int = 200, error: str | None = None,
                  revoked: str | None = None, name: str = "") -> HTMLResponse:
-    items = api.token_list(api.context(request), tokens.MASTER)
+    items = tokens.listing(api.context(request), tokens.MASTER)
     revoked_token = next((t for t in items if t["id"] == revoked), None)
     return render("tokens.html", status=status, session=session, active="tokens", tokens=items, error=error,
                   revoked=revoked_token, name=name, expiry_choices=list(EXPIRY_CHOICES))
@@ -295,7 +295,7 @@ def web_create_token(request: Request, session: CheckedSession, name: Annotated[
     except ValidationError:
         return _tokens_page(request, session, status=400, error="A token needs a name of 1 to 128 characters.",
                             name=name[:128])
-    created = _service(api.mint_token, api.context(request), tokens.MASTER, body)
+    created = _service(tokens.create, api.context(request), tokens.MASTER, body.name, body.expires_at, body.scope)
     log.info("dashboard: API token %s (%r) created", created["id"], created["name"])
     return render("token_created.html", session=session, active="tokens", created=created)
 
@@ -304,7 +304,7 @@ def web_create_token(request: Request, session: CheckedSession, name: Annotated[
 def web_revoke_token(request: Request, token_id: str, _session: CheckedSession) -> RedirectResponse:
     if not tokens.valid_id(token_id):
         raise PageError(404, "No such token.")
-    _service(api.token_revoke, api.context(request), tokens.MASTER, token_id)
+    _service(tokens.revoke_cascading, api.context(request), tokens.MASTER, token_id)
     log.info("dashboard: API token %s revoked", token_id)
     return RedirectResponse(f"/tokens?revoked={token_id}", status_code=303)
 
