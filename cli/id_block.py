@@ -34,8 +34,10 @@ from ..plugins.module_utils.snp.id_block import (
     parse_hex,
 )
 from ..plugins.module_utils.snp.policy import describe_policy
+from .common import EXIT_REFUSED, EXIT_RUNTIME, add_json, examples, exit_code_for
 
 _MAX_INPUT = 64 * 1024
+_EXAMPLE_LD = "076f052d08bda7a700aa2a608c5caa6b00ebad297b6d68a85a45b1e669a558b67e1b91d284a301fe63c4fa0750467eed"
 
 
 def register(subparsers: Any) -> None:
@@ -45,6 +47,13 @@ def register(subparsers: Any) -> None:
         description="Sign the ID block of a guest (expected measurement, family/image ID, SVN, policy) with an "
         "ECDSA P-384 ID key and optional author key, and print the QEMU sev-snp-guest properties. Existing "
         "output files are kept when they already hold a valid signature of the same block by the same keys.",
+        epilog=examples(
+            "snpguard id-block --id-key id.pem --author-key author.pem --generate-keys \\",
+            f"--measurement {_EXAMPLE_LD} \\",
+            "--policy smt=1,debug=0 --id-block-out id_block.b64 --id-auth-out id_auth.b64",
+            "snpguard id-block verify --id-block id_block.b64 --id-auth id_auth.b64",
+            "snpguard id-block show --id-block id_block.b64",
+        ),
     )
     parser.add_argument("--id-key", metavar="PEM", help="ID private key (PEM, P-384); required to create")
     parser.add_argument("--author-key", metavar="PEM", help="author private key (PEM, P-384), signs the ID key")
@@ -68,15 +77,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--id-block-out", metavar="FILE", help="write the ID block (base64) here")
     parser.add_argument("--id-auth-out", metavar="FILE", help="write the ID auth block (base64) here")
     parser.add_argument("--check", action="store_true", help="report what would change; write nothing")
-    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    add_json(parser, "print a JSON object")
     parser.set_defaults(handler=_create)
 
-    actions = parser.add_subparsers(dest="id_block_action", metavar="[verify|show]")
+    actions = parser.add_subparsers(dest="id_block_action", metavar="[verify|show]",
+                                    help="verify: check signatures and expectations; show: decode")
     verify = actions.add_parser(
         "verify",
         help="check an ID block and ID auth block",
         description="Parse the ID block and ID auth block and verify every signature (ID block by the ID key, "
         "ID key by the author key). Exit 0 only when everything is valid, 1 otherwise.",
+        epilog=examples(
+            "snpguard id-block verify --id-block id_block.b64 --id-auth id_auth.b64 \\",
+            "--id-key-pub id.pem --author-key-digest HEX",
+            "snpguard id-block verify --id-block id_block.b64 --id-auth id_auth.b64 --json",
+        ),
     )
     _add_block_inputs(verify, auth_required=True)
     verify.add_argument("--id-key-pub", metavar="PEM", help="the ID auth must carry this ID key (public or private)")
@@ -106,6 +121,8 @@ def register(subparsers: Any) -> None:
         help="decode an ID block and/or ID auth block",
         description="Print the fields of an ID block and/or ID auth block; with both, also whether the "
         "signatures verify.",
+        epilog=examples("snpguard id-block show --id-block id_block.b64 --id-auth id_auth.b64",
+                        "snpguard id-block show --id-auth id_auth.b64 --json"),
     )
     _add_block_inputs(show, auth_required=False)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print a JSON object")
@@ -214,42 +231,53 @@ def _summary(block: IdBlock | None, auth: IdAuth | None) -> dict[str, Any]:
     return out
 
 
-def _check(args: argparse.Namespace, block: IdBlock, auth: IdAuth) -> None:
+def _hex_or_none(value: str | None, size: int, field: str) -> bytes | None:
+    return None if value is None else parse_hex(value, size, field)
+
+
+def _expectations(args: argparse.Namespace) -> dict[str, Any]:
+    """The expected values of ``verify``, parsed first: a malformed one is a usage error (exit 2), not "invalid"."""
+    return {
+        "measurement": _hex_or_none(args.expect_measurement, LD_SIZE, "--measurement"),
+        "id_key_digest": _hex_or_none(args.expect_id_key_digest, sev_keys.DIGEST_SIZE, "--id-key-digest"),
+        "author_key_digest": _hex_or_none(args.expect_author_key_digest, sev_keys.DIGEST_SIZE,
+                                          "--author-key-digest"),
+        "id_public_key": _load_public(args.id_key_pub, "--id-key-pub") if args.id_key_pub else None,
+        "author_public_key": _load_public(args.author_key_pub, "--author-key-pub") if args.author_key_pub else None,
+    }
+
+
+def _check(expect: dict[str, Any], block: IdBlock, auth: IdAuth) -> None:
     """Every check ``verify`` makes; raises ``SnpError`` naming the first failure."""
-    if args.expect_measurement is not None:
-        expected = parse_hex(args.expect_measurement, LD_SIZE, "--measurement")
-        if block.ld != expected:
-            raise SnpError(f"the ID block's LD is {block.ld.hex()}", field="--measurement")
-    auth.verify(
-        block,
-        id_public_key=_load_public(args.id_key_pub, "--id-key-pub") if args.id_key_pub else None,
-        author_public_key=_load_public(args.author_key_pub, "--author-key-pub") if args.author_key_pub else None,
-    )
-    if args.expect_id_key_digest is not None:
-        expected = parse_hex(args.expect_id_key_digest, sev_keys.DIGEST_SIZE, "--id-key-digest")
-        if auth.id_key_digest != expected:
-            raise SnpError(f"the ID key's digest is {auth.id_key_digest.hex()}", field="--id-key-digest")
-    if args.expect_author_key_digest is not None:
-        expected = parse_hex(args.expect_author_key_digest, sev_keys.DIGEST_SIZE, "--author-key-digest")
+    if expect["measurement"] is not None and block.ld != expect["measurement"]:
+        raise SnpError(f"the ID block's LD is {block.ld.hex()}", field="--measurement")
+    auth.verify(block, id_public_key=expect["id_public_key"], author_public_key=expect["author_public_key"])
+    if expect["id_key_digest"] is not None and auth.id_key_digest != expect["id_key_digest"]:
+        raise SnpError(f"the ID key's digest is {auth.id_key_digest.hex()}", field="--id-key-digest")
+    if expect["author_key_digest"] is not None:
         actual = auth.author_key_digest
-        if actual != expected:
+        if actual != expect["author_key_digest"]:
             found = actual.hex() if actual is not None else "absent (no author key)"
             raise SnpError(f"the author key's digest is {found}", field="--author-key-digest")
 
 
 def _verify(args: argparse.Namespace) -> int:
+    expect = _expectations(args)
     error: SnpError | None = None
     block = auth = None
     try:
         block, auth = _parse_inputs(args)
         assert block is not None and auth is not None
-        _check(args, block, auth)
+        _check(expect, block, auth)
     except SnpError as exc:
+        if exit_code_for(exc) == EXIT_RUNTIME:  # an unreadable file is not an invalid block
+            raise
         error = exc
     if args.json:
         doc: dict[str, Any] = {"valid": error is None}
         if error is not None:
-            doc["error"] = error.as_dict()
+            doc["error"] = dict(error.as_dict(), message=error.message, code="invalid")
+            doc["exit_code"] = EXIT_REFUSED
         doc.update(_summary(block, auth))
         print(json.dumps(doc, indent=2, sort_keys=True))
     elif error is None:

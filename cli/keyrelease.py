@@ -5,6 +5,8 @@
 ``snpguard config login`` pins the server's CA on first use (it shows the SHA-256
 fingerprint and asks, or takes ``--yes``/``--ca-sha256``), checks the API token, and
 stores URL, token and CA in ``~/.config/snpguard/config.json`` (0600) and ``ca.pem``.
+The token comes from ``SNPGUARD_TOKEN`` or a prompt on the terminal (``getpass``);
+``--token`` still works but warns, since argv is visible to every user of the host.
 Every other command reads that file; ``--url``, ``--token``, ``--ca-file`` and the
 variables ``SNPGUARD_URL``, ``SNPGUARD_TOKEN``, ``SNPGUARD_CA_FILE`` override it.
 Output is for people, or JSON with ``--json``.
@@ -13,6 +15,7 @@ Output is for people, or JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -30,6 +33,11 @@ from ..plugins.module_utils.keyrelease.admin_client import (
     token_id,
 )
 from ..plugins.module_utils.snp.errors import SnpError
+from .common import Refused, UsageError, add_json, examples
+
+TOKEN_ARGV_WARNING = ("snpguard: warning: --token puts the API token in the process list (visible to every user "
+                      "of this host) and in the shell history; prefer SNPGUARD_TOKEN or the prompt of "
+                      "'snpguard config login'")
 
 POLICY_FLAGS = ("allow_debug", *registration.POLICY_FLAGS)
 TCB_NAMES = registration.MIN_TCB_FIELDS
@@ -68,22 +76,25 @@ def save_config(path: str, values: dict[str, Any]) -> None:
 def client_from(args: argparse.Namespace, *, need_token: bool = True) -> KeyReleaseClient:
     config = load_config(config_path(args.config))
     url = args.url or os.environ.get("SNPGUARD_URL") or config.get("url")
+    if args.token:
+        print(TOKEN_ARGV_WARNING, file=sys.stderr)
     token = args.token or os.environ.get("SNPGUARD_TOKEN") or config.get("token")
     ca_file = args.ca_file or os.environ.get("SNPGUARD_CA_FILE") or config.get("ca_file")
     if not url:
-        raise SnpError("no server configured: run 'snpguard config login --url URL --token TOKEN'", field="url")
+        raise UsageError("no server configured: run 'snpguard config login --url URL'", field="url")
     if need_token and not token:
-        raise SnpError("no API token: run 'snpguard config login' or give --token", field="token")
+        raise UsageError("no API token: run 'snpguard config login' or set SNPGUARD_TOKEN", field="token")
     return KeyReleaseClient(url, token, ca_file=ca_file)
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server (default: the saved configuration)")
     group.add_argument("--url", metavar="URL", help="server URL, e.g. https://keys.example:8443")
-    group.add_argument("--token", metavar="TOKEN", help="API token (better: SNPGUARD_TOKEN or config login)")
+    group.add_argument("--token", metavar="TOKEN",
+                       help="API token; visible in the process list (better: SNPGUARD_TOKEN or config login)")
     group.add_argument("--ca-file", metavar="FILE", help="pinned CA certificate (PEM)")
     group.add_argument("--config", metavar="FILE", help="client configuration (default ~/.config/snpguard/config.json)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_json(parser)
 
 
 def _print_json(value: Any) -> None:
@@ -107,7 +118,7 @@ def _confirm(question: str, assume_yes: bool) -> bool:
     if assume_yes:
         return True
     if not sys.stdin.isatty():
-        raise SnpError("refusing without a terminal to confirm on; add --yes", field="yes")
+        raise UsageError("refusing without a terminal to confirm on; add --yes", field="yes")
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
@@ -115,50 +126,87 @@ def _confirm(question: str, assume_yes: bool) -> bool:
 
 
 def register(subparsers: Any) -> None:
-    config = subparsers.add_parser("config", help="the key-release server this CLI talks to")
-    config_actions = config.add_subparsers(dest="config_action", metavar="ACTION", required=True)
-    login = config_actions.add_parser("login", help="pin the server's CA, check the token, save the configuration")
-    login.add_argument("--url", required=True, metavar="URL")
-    login.add_argument("--token", required=True, metavar="TOKEN")
+    config = subparsers.add_parser(
+        "config", help="the key-release server this CLI talks to",
+        description="Log in to a key-release server once (pin its CA, check the API token, save both 0600), "
+                    "then every 'image' and 'token' command uses that configuration.",
+        epilog=examples("snpguard config login --url https://keys.example.com:8443",
+                        "snpguard config show"))
+    config_actions = config.add_subparsers(dest="config_action", metavar="ACTION", required=True,
+                                           help="login: save a server; show: what is saved")
+    login = config_actions.add_parser(
+        "login", help="pin the server's CA, check the token, save the configuration",
+        description="Fetch the server's CA, show its SHA-256 and ask whether to trust it (or check it against "
+                    "--ca-sha256, or take --ca-file), prove the API token with a request, and save URL, token and "
+                    "CA to ~/.config/snpguard/config.json (0600). The token comes from SNPGUARD_TOKEN or is asked "
+                    "for on the terminal (not echoed); --token works too, but the token is then visible in the "
+                    "process list and kept in the shell history.",
+        epilog=examples("snpguard config login --url https://keys.example.com:8443",
+                        "SNPGUARD_TOKEN=sgt_... snpguard config login --url https://keys.example.com:8443 \\",
+                        "--ca-sha256 95532fb5e352bd0f8d91697bc77e5d50fd6454f02a3955f7548a2fe5f9b91ff7"))
+    login.add_argument("--url", required=True, metavar="URL", help="server URL, e.g. https://keys.example:8443")
+    login.add_argument("--token", metavar="TOKEN",
+                       help="API token; visible in the process list and shell history: prefer SNPGUARD_TOKEN or "
+                            "the prompt")
     login.add_argument("--ca-file", metavar="FILE", help="trust this CA (PEM) instead of trusting on first use")
     login.add_argument("--ca-sha256", metavar="HEX", help="the CA fingerprint you expect (no question asked)")
     login.add_argument("--yes", action="store_true", help="trust the presented CA without asking")
     login.add_argument("--config", metavar="FILE", help="where to save (default ~/.config/snpguard/config.json)")
-    login.add_argument("--json", action="store_true")
+    add_json(login)
     login.set_defaults(handler=_login)
-    show = config_actions.add_parser("show", help="the saved configuration (never the token's secret)")
-    show.add_argument("--config", metavar="FILE")
-    show.add_argument("--json", action="store_true")
+    show = config_actions.add_parser(
+        "show", help="the saved configuration (never the token's secret)",
+        description="Print the saved server URL, CA file and fingerprint, and the token's id (never its secret).",
+        epilog=examples("snpguard config show", "snpguard config show --json"))
+    show.add_argument("--config", metavar="FILE", help="client configuration (default ~/.config/snpguard/config.json)")
+    add_json(show)
     show.set_defaults(handler=_config_show)
 
-    image = subparsers.add_parser("image", help="register and manage images on the key-release server")
-    actions = image.add_subparsers(dest="image_action", metavar="ACTION", required=True)
-    reg = actions.add_parser("register", help="register an image (idempotent; --check says what would change)")
-    reg.add_argument("name", metavar="NAME")
+    image = subparsers.add_parser(
+        "image", help="register and manage images on the key-release server",
+        description="Register an image (its measurements, the policy a guest must meet, its volume key sealed to "
+                    "the server), and list, show, enable, disable, delete it or download its launch bundle.",
+        epilog=examples("snpguard image register debian13-web --measurement 1=HEX --sealed-key-file key.sealed",
+                        "snpguard image list", "snpguard image show debian13-web"))
+    actions = image.add_subparsers(dest="image_action", metavar="ACTION", required=True,
+                                   help="register, list, show, enable, disable, delete or bundle")
+    reg = actions.add_parser(
+        "register", help="register an image (idempotent; --check says what would change)",
+        description="Register an image: identical content again changes nothing; other content under the same "
+                    "name is refused (exit 1), naming what differs, unless --replace. The volume key is sent only "
+                    "sealed to the server's ingestion key.",
+        epilog=examples(
+            "snpguard image register debian13-web --measurement 1=HEX --measurement 4=HEX \\",
+            "--policy smt=true --min-tcb bootloader=9 --min-tcb tee=0 --min-tcb snp=23 --min-tcb microcode=213 \\",
+            "--sealed-key-file volume-key.sealed --check"))
+    reg.add_argument("name", metavar="NAME", help="the image's name (unique on the server)")
     reg.add_argument("--measurement", dest="measurements", action="append", required=True, metavar="[VCPUS=]HEX",
                      help="launch measurement (96 hex digits), per vCPU count; repeatable (default 1 vCPU)")
-    reg.add_argument("--vcpu-type", metavar="TYPE")
+    reg.add_argument("--vcpu-type", metavar="TYPE", help="the QEMU -cpu model the measurements were made for")
     reg.add_argument("--policy", action="append", metavar="NAME=VALUE",
                      help=f"policy constraint ({', '.join(POLICY_FLAGS)}=true|false, min_abi=MAJOR.MINOR)")
     reg.add_argument("--min-tcb", action="append", metavar="COMPONENT=N", help=f"{', '.join(TCB_NAMES)}; repeatable")
-    reg.add_argument("--id-key-digest", dest="id_key_digests", action="append", metavar="HEX")
-    reg.add_argument("--author-key-digest", dest="author_key_digests", action="append", metavar="HEX")
+    reg.add_argument("--id-key-digest", dest="id_key_digests", action="append", metavar="HEX",
+                     help="accepted ID_KEY_DIGEST (96 hex digits); repeatable")
+    reg.add_argument("--author-key-digest", dest="author_key_digests", action="append", metavar="HEX",
+                     help="accepted AUTHOR_KEY_DIGEST; repeatable")
     reg.add_argument("--generate-id-keys", action="store_true", help="the server signs ID blocks with its own key")
-    reg.add_argument("--family-id", metavar="HEX")
-    reg.add_argument("--image-id", metavar="HEX")
-    reg.add_argument("--guest-svn", type=int, metavar="N")
-    reg.add_argument("--host-data", metavar="HEX")
+    reg.add_argument("--family-id", metavar="HEX", help="FAMILY_ID the guest must report (32 hex digits)")
+    reg.add_argument("--image-id", metavar="HEX", help="IMAGE_ID the guest must report (32 hex digits)")
+    reg.add_argument("--guest-svn", type=int, metavar="N", help="minimum GUEST_SVN")
+    reg.add_argument("--host-data", metavar="HEX", help="HOST_DATA the guest must report (64 hex digits)")
     key = reg.add_mutually_exclusive_group(required=True)
     key.add_argument("--sealed-key-file", dest="sealed_volume_key_file", metavar="FILE",
                      help="volume key already sealed to the server's ingestion key (raw or base64)")
-    key.add_argument("--sealed-key", dest="sealed_volume_key", metavar="B64")
+    key.add_argument("--sealed-key", dest="sealed_volume_key", metavar="B64",
+                     help="the same, as base64 on the command line")
     key.add_argument("--volume-key-file", metavar="FILE",
                      help="raw volume key: sealed here in memory, never sent in plaintext")
-    reg.add_argument("--kernel", metavar="FILE")
-    reg.add_argument("--initrd", metavar="FILE")
-    reg.add_argument("--cmdline", metavar="TEXT")
+    reg.add_argument("--kernel", metavar="FILE", help="kernel for the launch bundle")
+    reg.add_argument("--initrd", metavar="FILE", help="initrd for the launch bundle")
+    reg.add_argument("--cmdline", metavar="TEXT", help="kernel command line for the launch bundle")
     reg.add_argument("--firmware", metavar="FILE", help="OVMF image (its SHA-384 goes into the bundle)")
-    reg.add_argument("--firmware-sha384", metavar="HEX")
+    reg.add_argument("--firmware-sha384", metavar="HEX", help="the firmware's SHA-384 instead of --firmware")
     reg.add_argument("--launch", metavar="FILE", help="launch.json content for the bundle")
     reg.add_argument("--bundle", metavar="FILE", help="a prebuilt launch bundle instead of kernel/initrd")
     reg.add_argument("--replace", action="store_true", help="replace an image of this name with other content")
@@ -167,29 +215,46 @@ def register(subparsers: Any) -> None:
     _connection(reg)
     reg.set_defaults(handler=_image_register)
 
-    listing = actions.add_parser("list", help="registered images")
+    listing = actions.add_parser("list", help="registered images",
+                                 description="One line per image: name, id, state, vCPU counts, releases, refusals.",
+                                 epilog=examples("snpguard image list", "snpguard image list --json"))
     _connection(listing)
     listing.set_defaults(handler=_image_list)
     for name, helptext, handler in (("show", "one image (by name or id)", _image_show),
                                     ("enable", "release keys to this image again", _image_enable),
                                     ("disable", "stop releasing keys to this image", _image_disable),
                                     ("delete", "delete an image and its keys", _image_delete)):
-        sub = actions.add_parser(name, help=helptext)
-        sub.add_argument("image", metavar="NAME|ID")
+        sub = actions.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".",
+                                 epilog=examples(f"snpguard image {name} debian13-web"
+                                                 + (" --yes" if name == "delete" else "")))
+        sub.add_argument("image", metavar="NAME|ID", help="the image's name or id")
         if name == "delete":
             sub.add_argument("--yes", action="store_true", help="do not ask")
         _connection(sub)
         sub.set_defaults(handler=handler)
-    bundle = actions.add_parser("bundle", help="download the launch-artifacts bundle (tar.gz)")
-    bundle.add_argument("image", metavar="NAME|ID")
+    bundle = actions.add_parser("bundle", help="download the launch-artifacts bundle (tar.gz)",
+                                description="Download the image's launch bundle and check it against the SHA-256 "
+                                            "the server announces.",
+                                epilog=examples("snpguard image bundle debian13-web -o web.bundle.tar.gz"))
+    bundle.add_argument("image", metavar="NAME|ID", help="the image's name or id")
     bundle.add_argument("-o", "--output", metavar="FILE", help="default NAME.bundle.tar.gz here")
     _connection(bundle)
     bundle.set_defaults(handler=_image_bundle)
 
-    token = subparsers.add_parser("token", help="API tokens of the key-release server")
-    token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True)
-    create = token_actions.add_parser("create", help="create an API token (printed once)")
-    create.add_argument("name", metavar="NAME")
+    token = subparsers.add_parser(
+        "token", help="API tokens of the key-release server",
+        description="Create, list and revoke the API tokens that 'image' and 'token' commands authenticate with.",
+        epilog=examples("snpguard token create ci-deploy --expires-at 2027-01-01T00:00:00Z", "snpguard token list"))
+    token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True,
+                                         help="create, list or revoke")
+    create = token_actions.add_parser(
+        "create", help="create an API token (printed once)",
+        description="Create an API token and print it once on stdout (its id and expiry go to stderr). A fresh "
+                    "server's first token is made with the master password.",
+        epilog=examples("snpguard token create ci-deploy --scope operator --expires-at 2027-01-01T00:00:00Z",
+                        "snpguard token create first-admin --scope admin --master-password-file pw.txt \\",
+                        "--url https://keys.example.com:8443 --ca-file ca.pem"))
+    create.add_argument("name", metavar="NAME", help="a name for people (shown by 'token list')")
     create.add_argument("--expires-at", metavar="ISO8601",
                         help="expiry; a token minted by another never outlives it (default: the minting token's)")
     create.add_argument("--scope", choices=["operator", "admin"],
@@ -199,11 +264,15 @@ def register(subparsers: Any) -> None:
                              "or set SNPGUARD_MASTER_PASSWORD")
     _connection(create)
     create.set_defaults(handler=_token_create)
-    tlist = token_actions.add_parser("list", help="API tokens (never their secrets)")
+    tlist = token_actions.add_parser("list", help="API tokens (never their secrets)",
+                                     description="One line per token: id, state, scope, name, dates, who minted it.",
+                                     epilog=examples("snpguard token list", "snpguard token list --json"))
     _connection(tlist)
     tlist.set_defaults(handler=_token_list)
-    revoke = token_actions.add_parser("revoke", help="revoke an API token")
-    revoke.add_argument("token_ref", metavar="ID|TOKEN")
+    revoke = token_actions.add_parser("revoke", help="revoke an API token",
+                                      description="Revoke a token by its id (16 hex digits) or the token itself.",
+                                      epilog=examples("snpguard token revoke 3f2a9c0d11e4b5a6"))
+    revoke.add_argument("token_ref", metavar="ID|TOKEN", help="the token's id, or the token itself")
     _connection(revoke)
     revoke.set_defaults(handler=_token_revoke)
 
@@ -211,8 +280,27 @@ def register(subparsers: Any) -> None:
 # -- config ----------------------------------------------------------------------------------------
 
 
+def login_token(args: argparse.Namespace) -> str:
+    """The API token for ``config login``: --token (with a warning), SNPGUARD_TOKEN, or a prompt on the terminal."""
+    if args.token:
+        print(TOKEN_ARGV_WARNING, file=sys.stderr)
+        return args.token
+    from_env = os.environ.get("SNPGUARD_TOKEN", "").strip()
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise UsageError("no API token: set SNPGUARD_TOKEN, or run on a terminal to be asked for it "
+                         "(--token TOKEN works too, but shows the token in the process list)", field="token",
+                         code="no_token")
+    entered = getpass.getpass("API token (input hidden): ").strip()
+    if not entered:
+        raise UsageError("no API token entered", field="token", code="no_token")
+    return entered
+
+
 def _login(args: argparse.Namespace) -> int:
     url = normalize_url(args.url)
+    secret = login_token(args)
     path = config_path(args.config)
     directory = os.path.dirname(os.path.abspath(path))
     pem: str | None = None
@@ -238,7 +326,8 @@ def _login(args: argparse.Namespace) -> int:
         expected = (args.ca_sha256 or "").lower().replace(":", "").strip()
         if expected:
             if expected != fingerprint:
-                raise SnpError(f"the server presents CA {fingerprint}, not the expected {expected}", field="ca_sha256")
+                raise Refused(f"the server presents CA {fingerprint}, not the expected {expected}", field="ca_sha256",
+                              code="ca_mismatch")
         elif not _confirm("Trust this CA for this server?", args.yes):
             print("not saved", file=out)
             return 1
@@ -249,7 +338,7 @@ def _login(args: argparse.Namespace) -> int:
         staged = ca_file + ".new"
         atomic_write(staged, pem.encode(), mode=0o644)
     try:
-        client = KeyReleaseClient(url, args.token, ca_file=ca_file + ".new" if ca_file else None)
+        client = KeyReleaseClient(url, secret, ca_file=ca_file + ".new" if ca_file else None)
         info = client.public_info()
         tokens = client.list_tokens()  # proves the token (any admin GET would)
     except BaseException:
@@ -262,8 +351,8 @@ def _login(args: argparse.Namespace) -> int:
     if fingerprint and published and published != fingerprint:
         print(f"warning: the server publishes CA {published}; pinned {fingerprint} (an operator-supplied chain?)",
               file=sys.stderr)
-    ident = token_id(args.token)
-    values = {"url": url, "token": args.token, "ca_file": ca_file, "ca_sha256": fingerprint}
+    ident = token_id(secret)
+    values = {"url": url, "token": secret, "ca_file": ca_file, "ca_sha256": fingerprint}
     save_config(path, values)
     summary = {"url": url, "ca_file": ca_file, "ca_sha256": fingerprint, "token_id": ident, "config": path,
                "server_version": info.get("version"), "tokens": len(tokens)}
@@ -501,7 +590,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
         out = client.revoke_token(args.token_ref)
     except ApiError as exc:
         if exc.status == 404:
-            raise SnpError(f"no token {args.token_ref!r}", field="id") from exc
+            raise Refused(f"no token {args.token_ref!r}", field="id", code="not_found") from exc
         raise
     if args.json:
         _print_json(out)

@@ -1,44 +1,67 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""Entry point of the ``snpguard`` console script: builds the parser, maps errors.
+"""Entry point of the ``snpguard`` console script: builds the parser, maps errors to exit codes.
 
-Subcommands live in sibling modules that each expose ``register(subparsers)``;
-an ``SnpError`` anywhere becomes one line on stderr and exit status 2.
+Subcommands live in sibling modules that each expose ``register(subparsers)``. An error
+anywhere becomes one line on stderr (or, with ``--json``, one JSON document on stdout)
+and the exit code of ``common.exit_code_for``: 1 refused, 2 usage, 3 runtime.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from ..plugins.module_utils.snp.errors import SnpError
-from . import id_block, keyrelease, measure, report, server
+from . import id_block, keyrelease, measure, report, server, sim
+from .common import EXIT_CODES_HELP, EXIT_OK, ParseError, Parser, examples, report_error, wants_json
+from .version import VersionAction
 
-SUBCOMMANDS = (measure, id_block, report, server, keyrelease)
+SUBCOMMANDS = (measure, id_block, report, server, keyrelease, sim)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="snpguard",
-        description="AMD SEV-SNP confidential VMs: measure, sign, attest, release keys, boot.",
+        description="AMD SEV-SNP confidential VMs: measure launches, sign ID blocks, verify attestation reports, "
+        "run and use the key-release server. 'snpguard COMMAND --help' describes each command.",
+        epilog=examples(
+            "snpguard measure --ovmf OVMF.amdsev.fd --kernel vmlinuz --initrd initrd.img \\",
+            "--append console=ttyS0 --vcpus 2 --vcpu-type EPYC-v4",
+            "snpguard report verify --report report.bin --certs-dir certs/ --measurement HEX",
+            "snpguard sim init ./simulated-amdsp",
+        ) + "\n\n" + EXIT_CODES_HELP,
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action=VersionAction)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       help="what to do (each has its own --help)")
     for command in SUBCOMMANDS:
         command.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
-    except SnpError as exc:
-        print(f"snpguard {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except ParseError as exc:
+        return report_error(exc, command=None, json_mode=wants_json(argv))
+    json_mode = bool(getattr(args, "json", False) or getattr(args, "diff_json", False))
+    command = " ".join(part for part in (args.command, *_actions(args)) if part)
+    try:
+        return int(args.handler(args) or EXIT_OK)
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"snpguard {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return report_error(exc, command=args.command, json_mode=json_mode)
+
+
+def _actions(args: object) -> list[str]:
+    """The second word of the command (``report verify``), for messages."""
+    return [value for key, value in vars(args).items() if key.endswith("_action") and isinstance(value, str)]
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from ..plugins.module_utils.measurement.files import measure
 from ..plugins.module_utils.measurement.snp_measure import build_config, cross_check
 from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.measure import Mode
-from ..plugins.module_utils.snp.measure_explain import diff_launches, render_diff, render_explain
+from ..plugins.module_utils.snp.measure_explain import diff_launches, render_explain
 from ..plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
+from .common import add_json, examples
 
 # sev-snp-measure's names for the modes, used by its --verbose line.
 _VERBOSE_NAMES = {Mode.SEV: "SEV", Mode.SEV_ES: "SEV_ES", Mode.SNP: "SEV_SNP", Mode.SNP_SVSM: "SEV_SNP_SVSM"}
@@ -27,6 +28,12 @@ def register(subparsers: Any) -> None:
         help="compute SEV-SNP (and SEV/SEV-ES) launch measurements",
         description="Compute the launch digest a VM will report as MEASUREMENT. Takes the same flags as "
         "sev-snp-measure and prints the same output; --json, --explain and 'diff' are additions.",
+        epilog=examples(
+            "snpguard measure --ovmf OVMF.amdsev.fd --kernel vmlinuz --initrd initrd.img \\",
+            "--append 'console=ttyS0 ro' --vcpus 1,2,4 --vcpu-type EPYC-v4",
+            "snpguard measure --ovmf OVMF.amdsev.fd --vcpus 2 --vcpu-type EPYC-v4 --json",
+            "snpguard measure diff expected.json actual.json",
+        ),
     )
     parser.add_argument("--mode", choices=[m.value for m in Mode], default="snp", help="guest mode (default snp)")
     parser.add_argument("--vcpus", metavar="N[,N...]", help="number of guest vCPUs; a comma list gives one digest each")
@@ -49,7 +56,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--append", metavar="CMDLINE", help="kernel command line (-append); needs --kernel")
     parser.add_argument("--guest-features", metavar="VALUE", default="0x1",
                         help="SEV_FEATURES of the guest (default 0x1)")
-    parser.add_argument("--output-format", choices=["hex", "base64"], default="hex")
+    parser.add_argument("--output-format", choices=["hex", "base64"], default="hex",
+                        help="how to print the digest (default hex)")
     parser.add_argument("--snp-ovmf-hash", "--ovmf-hash", dest="ovmf_hash", metavar="HASH",
                         help="precomputed firmware launch digest (hex), instead of hashing the firmware pages")
     parser.add_argument("--svsm", metavar="PATH", help="SVSM binary (mode snp:svsm)")
@@ -57,19 +65,24 @@ def register(subparsers: Any) -> None:
     vars_group.add_argument("--vars-size", type=int, metavar="SIZE", help="OVMF_VARS size in bytes (snp:svsm)")
     vars_group.add_argument("--vars-file", metavar="PATH", help="OVMF_VARS file (snp:svsm)")
     parser.add_argument("--dump-vmsa", action="store_true", help="write the measured VMSAs to vmsa<N>.bin")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--json", action="store_true", help="print a JSON document with the inputs' digests")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print sev-snp-measure's 'Calculated ... guest measurement:' line")
+    add_json(parser, "print a JSON document with the inputs' digests (what 'measure diff' compares)")
     parser.add_argument("--explain", action="store_true", help="show every measured region in launch order")
     parser.add_argument("--cross-check", action="store_true",
                         help="also compute with the sev-snp-measure package and fail on any disagreement")
     parser.set_defaults(handler=_run)
-    actions = parser.add_subparsers(dest="measure_action", metavar="[diff]")
+    actions = parser.add_subparsers(dest="measure_action", metavar="[diff]",
+                                    help="diff: compare two saved measurements input by input")
     diff = actions.add_parser("diff", help="say which inputs make two launch configurations differ",
-                              description="Compare two 'snpguard measure --json' outputs. Exit 0 when they "
-                              "match, 1 when they differ.")
-    diff.add_argument("a", metavar="A.json")
-    diff.add_argument("b", metavar="B.json")
-    diff.add_argument("--json", action="store_true", dest="diff_json")
+                              description="Compare two 'snpguard measure --json' outputs input by input and say "
+                              "why each difference changes the measurement. Exit 0 when they match, 1 when they "
+                              "differ.",
+                              epilog=examples("snpguard measure diff expected.json actual.json",
+                                              "snpguard measure diff expected.json actual.json --json"))
+    diff.add_argument("a", metavar="A.json", help="the first 'snpguard measure --json' output")
+    diff.add_argument("b", metavar="B.json", help="the second one")
+    add_json(diff, "print the differences as JSON", dest="diff_json")
     diff.set_defaults(handler=_diff)
 
 
@@ -141,11 +154,93 @@ def _diff(args: argparse.Namespace) -> int:
             docs.append(json.loads(read_file(path, name, limit=64 << 20)))
         except json.JSONDecodeError as exc:
             raise SnpError(f"not JSON: {exc}", field=name, path=path) from exc
+    differences = diff_launches(docs[0], docs[1])
+    differ = bool(differences) or docs[0].get("measurements") != docs[1].get("measurements")
     if args.diff_json:
-        differences = diff_launches(docs[0], docs[1])
-        differ = bool(differences) or docs[0].get("measurements") != docs[1].get("measurements")
         print(json.dumps({"differ": differ, "differences": [d.as_dict() for d in differences]}, indent=2))
-        return 1 if differ else 0
-    text, differ = render_diff(docs[0], docs[1])
-    print(text)
+    else:
+        print(render_diff(docs[0], docs[1], differences))
     return 1 if differ else 0
+
+
+# -- measure diff for people: values as they are written on the command line, never Python reprs ------------------
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return json.dumps(value) if not value or any(c.isspace() for c in value) or '"' in value else value
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_scalar(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_scalar(v) for v in value) if value else "none"
+    return str(value)
+
+
+def _readable(field: str, value: Any, inputs: dict[str, Any]) -> list[str]:
+    """One side of a difference as lines of text."""
+    if field == "cmdline_sha256" and isinstance(value, dict):
+        append, digest = value.get("append"), value.get("sha256")
+        if digest is None:
+            return ["no command line (no kernel)"]
+        return [f"{'empty' if append is None else json.dumps(append)} (SHA-256 {_scalar(digest)})"]
+    if field == "vcpu_sig" and inputs.get("vcpu_type"):
+        return [f"{_scalar(value)} ({inputs['vcpu_type']})"]
+    if field in ("kernel", "initrd") and isinstance(value, bool):
+        return ["present" if value else "absent"]
+    if value is None and field.split(".")[0] in ("kernel", "initrd", "svsm"):
+        return [f"no {field.split('.')[0]}"]
+    if field.endswith(".sha256") or field.endswith(".sha384"):
+        source = inputs.get(field.split(".")[0])
+        if isinstance(source, dict) and source.get("path"):
+            extra = f", {source['size']} bytes" if isinstance(source.get("size"), int) else ""
+            return [f"{_scalar(value)} ({source['path']}{extra})"]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [" ".join(_scalar(v) for v in item.values()) for item in value]
+    return [_scalar(value)]
+
+
+def _vcpus(count: str, mode: Any) -> str:
+    if str(count) == "0":
+        return f"mode {mode} (no VMSA)"
+    return f"{count} vCPU{'s' if str(count) != '1' else ''}"
+
+
+def render_diff(left: dict[str, Any], right: dict[str, Any], differences: list[Any]) -> str:
+    """``snpguard measure diff`` for people: what differs, why it matters, and the measurements."""
+    lines = []
+    a_m, b_m = left.get("measurements"), right.get("measurements")
+    a_m = a_m if isinstance(a_m, dict) else {}
+    b_m = b_m if isinstance(b_m, dict) else {}
+    if not differences:
+        if a_m == b_m:
+            return "the two launch configurations are identical and measure the same"
+        lines.append("the inputs are identical but the measurements differ: the two were computed by "
+                     "different tools or versions; recompute both with this one")
+    else:
+        lines.append(f"{len(differences)} inputs differ:" if len(differences) > 1 else "1 input differs:")
+    for item in differences:
+        lines.append(f"- {item.field}: {item.why}")
+        for side, value, doc in (("a", item.left, left), ("b", item.right, right)):
+            shown = _readable(item.field, value, doc["inputs"])
+            if len(shown) == 1:
+                lines.append(f"    {side}: {shown[0]}")
+            else:
+                lines.append(f"    {side}:")
+                lines.extend(f"       {line}" for line in shown)
+    counts = sorted(set(a_m) | set(b_m), key=lambda c: int(c) if str(c).isdigit() else 0)
+    if counts:
+        lines.append("measurements:")
+    for count in counts:
+        a_value, b_value = a_m.get(count), b_m.get(count)
+        label = _vcpus(count, (left if a_value else right)["inputs"].get("mode"))
+        if a_value is not None and a_value == b_value:
+            lines.append(f"  {label}: same, {a_value}")
+            continue
+        lines.append(f"  {label}: " + ("differ" if a_value and b_value else f"only in {'a' if a_value else 'b'}"))
+        for side, value in (("a", a_value), ("b", b_value)):
+            lines.append(f"    {side}: {value if value else 'not measured'}")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..plugins.module_utils.snp.errors import SnpError
+from .common import examples
 
 
 def _csv(value: str) -> list[str]:
@@ -30,19 +31,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    server = subparsers.add_parser("server", help="run and administer the key-release server")
-    actions = server.add_subparsers(dest="server_action", metavar="ACTION", required=True)
+    server = subparsers.add_parser(
+        "server", help="run and administer the key-release server",
+        description="Run the key-release server and administer its state (data dir, database, KEK, TLS). "
+                    "Needs the server's dependencies (requirements-server.txt or the wheel's 'server' extra).",
+        epilog=examples("snpguard server init --data-dir /var/lib/snpguard --password-file /root/master.txt",
+                        "snpguard server run --data-dir /var/lib/snpguard --listen 0.0.0.0:8443"))
+    actions = server.add_subparsers(dest="server_action", metavar="ACTION", required=True,
+                                    help="run, init, reset-master-password, rotate-kek, rotate-ingestion-key, "
+                                         "backup, restore or token")
 
-    run = actions.add_parser("run", help="start the server (initialises state on first start)")
+    run = actions.add_parser(
+        "run", help="start the server (initialises state on first start)",
+        description="Serve the REST API under /v1 and the dashboard over TLS (a private CA is made on first "
+                    "start; its SHA-256 is printed). The first start creates the state and prints the master "
+                    "password once. Settings in DIR/config.json apply; options given here win.",
+        epilog=examples("snpguard server run --data-dir /var/lib/snpguard --listen 0.0.0.0:8443 --workers auto",
+                        "snpguard server run --data-dir ./lab-server --simulated-root ./lab/simulated-amdsp/ark.pem "
+                        "--offline"))
     _common(run)
     run.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8443")
     run.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); default: generated")
-    run.add_argument("--tls-key", metavar="FILE")
+    run.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
     run.add_argument("--tls-names", type=_csv, metavar="A,B", help="DNS names of the generated certificate")
     run.add_argument("--tls-ips", type=_csv, metavar="IP,IP", help="IP addresses of the generated certificate")
     run.add_argument("--insecure-http", action="store_true", default=None, help="plain HTTP (tests behind a proxy)")
     run.add_argument("--simulated-root", dest="simulated_roots", action="append", metavar="ARK.pem",
-                     help="ALSO trust this SIMULATED AMD-SP root (test labs only)")
+                     help="ALSO trust this SIMULATED AMD-SP root (test labs only; 'snpguard sim init' makes one)")
     run.add_argument("--kds-cache", metavar="DIR", help="AMD KDS certificate cache (default DIR/kds-cache)")
     run.add_argument("--offline", action="store_true", default=None, help="never contact AMD KDS")
     run.add_argument("--require-crl", action="store_true", default=None, help="fetch and require AMD's CRL")
@@ -72,21 +87,32 @@ def register(subparsers: Any) -> None:
     run.add_argument("--auth-failure-limit", type=int, metavar="N",
                      help="failed API-token attempts per address and rate window before 429 (default 20; 0 disables)")
     run.add_argument("--forwarded-allow-ips", metavar="IPS", help="trust X-Forwarded-For from these proxies")
-    run.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    run.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                     help="server log level (default info)")
     run.add_argument("--no-access-log", action="store_true", help="do not log every request")
     run.set_defaults(handler=_run)
 
-    init = actions.add_parser("init", help="create the state, print the master password once, exit")
+    init = actions.add_parser(
+        "init", help="create the state, print the master password once, exit",
+        description="Create the data dir (0700), database, key-encryption key, ingestion key and TLS CA and "
+                    "certificate, print the master password once (or write it to --password-file) and the CA's "
+                    "SHA-256, and exit. Run again, it changes nothing and keeps the master password.",
+        epilog=examples("snpguard server init --data-dir /var/lib/snpguard --password-file /root/master.txt \\",
+                        "--tls-names keys.example.com --save-config"))
     _common(init)
     init.add_argument("--password-file", metavar="FILE",
                       help="write the new master password to this new 0600 file instead of printing it")
-    init.add_argument("--tls-names", type=_csv, metavar="A,B")
-    init.add_argument("--tls-ips", type=_csv, metavar="IP,IP")
+    init.add_argument("--tls-names", type=_csv, metavar="A,B", help="DNS names of the generated certificate")
+    init.add_argument("--tls-ips", type=_csv, metavar="IP,IP", help="IP addresses of the generated certificate")
     init.add_argument("--save-config", action="store_true",
                       help="record --db-url/--kek-file/--tls-* in DIR/config.json for later 'run'")
     init.set_defaults(handler=_init)
 
-    reset = actions.add_parser("reset-master-password", help="generate a new master password and print it once")
+    reset = actions.add_parser(
+        "reset-master-password", help="generate a new master password and print it once",
+        description="Replace the master password (only its hash is stored) and end every dashboard session.",
+        epilog=examples("snpguard server reset-master-password --data-dir /var/lib/snpguard "
+                        "--password-file /root/master.txt"))
     _common(reset)
     reset.add_argument("--password-file", metavar="FILE", help="write it to this new 0600 file instead")
     reset.set_defaults(handler=_reset)
@@ -96,7 +122,8 @@ def register(subparsers: Any) -> None:
         description="Writes a new KEK beside the old one, re-wraps every volume key, ID key and ingestion key in "
                     "one transaction, then replaces the KEK file. Servers on this host pick the new file up "
                     "by themselves; replicas on other hosts need the new file copied to them (they refuse to "
-                    "register until then). Example: snpguard server rotate-kek --data-dir /var/lib/snpguard")
+                    "register until then).",
+        epilog=examples("snpguard server rotate-kek --data-dir /var/lib/snpguard"))
     _common(rotate_kek)
     rotate_kek.set_defaults(handler=_rotate_kek)
 
@@ -104,8 +131,8 @@ def register(subparsers: Any) -> None:
         "rotate-ingestion-key", help="make a new ingestion key current; the old one is accepted for --grace",
         description="Conversion seals volume keys to the ingestion key published at /v1/public/info. After "
                     "rotation the new key is published and registrations sealed to the old one are still "
-                    "accepted for the grace period. Example: snpguard server rotate-ingestion-key "
-                    "--data-dir /var/lib/snpguard --grace 7d")
+                    "accepted for the grace period.",
+        epilog=examples("snpguard server rotate-ingestion-key --data-dir /var/lib/snpguard --grace 7d"))
     _common(rotate_ing)
     rotate_ing.add_argument("--grace", type=_duration, default=7 * 86400, metavar="DURATION",
                             help="how long the old key still opens registrations: seconds, or Nm/Nh/Nd (default 7d)")
@@ -114,24 +141,31 @@ def register(subparsers: Any) -> None:
     backup = actions.add_parser(
         "backup", help="write the keys and the database to one 0600 file (as secret as the data dir)",
         description="A consistent snapshot of the database (SQLite or PostgreSQL), the KEK, the TLS files and "
-                    "config.json, as a tar.gz written 0600. It holds the KEK: keep it as safe as the data dir. "
-                    "Example: snpguard server backup --data-dir /var/lib/snpguard --out /root/snpguard.backup")
+                    "config.json, as a tar.gz written 0600. It holds the KEK: keep it as safe as the data dir.",
+        epilog=examples("snpguard server backup --data-dir /var/lib/snpguard --out /root/snpguard.backup"))
     _common(backup)
     backup.add_argument("--out", required=True, metavar="FILE", help="the backup file to write (replaced atomically)")
     backup.set_defaults(handler=_backup)
 
     restore = actions.add_parser(
         "restore", help="restore a backup into an empty data dir and database",
-        description="Example: snpguard server restore /root/snpguard.backup --data-dir /var/lib/snpguard "
-                    "(add --db-url to restore into PostgreSQL)")
+        description="Restore a 'server backup' file into an empty data dir and an empty database (SQLite in the "
+                    "data dir, or --db-url for PostgreSQL).",
+        epilog=examples("snpguard server restore /root/snpguard.backup --data-dir /var/lib/snpguard",
+                        "snpguard server restore /root/snpguard.backup --data-dir /var/lib/snpguard \\",
+                        "--db-url postgresql+psycopg://snpguard:secret@db/snpguard"))
     _common(restore)
-    restore.add_argument("backup_file", metavar="FILE")
+    restore.add_argument("backup_file", metavar="FILE", help="a file written by 'snpguard server backup'")
     restore.set_defaults(handler=_restore)
 
-    token = actions.add_parser("token", help="mint an API token directly in the database (bootstrap)")
+    token = actions.add_parser(
+        "token", help="mint an API token directly in the database (bootstrap)",
+        description="Mint an API token on the server's host, without the API (the first admin token of an "
+                    "automated deployment). The token is printed once on stdout.",
+        epilog=examples("snpguard server token --data-dir /var/lib/snpguard --name first-admin --scope admin"))
     _common(token)
-    token.add_argument("--name", required=True)
-    token.add_argument("--expires-at", metavar="ISO8601")
+    token.add_argument("--name", required=True, help="a name for people (shown by 'token list')")
+    token.add_argument("--expires-at", metavar="ISO8601", help="expiry (default: never)")
     token.add_argument("--scope", choices=["operator", "admin"], default="operator",
                        help="operator: images and audit (default); admin: also mints and revokes tokens")
     token.set_defaults(handler=_token)

@@ -208,7 +208,7 @@ def test_verify_json(reports: dict[str, dict[str, Any]], tmp_path: Path) -> None
         (["--policy", "smt=maybe"], "--policy: 'smt=maybe': 'maybe' is not a boolean"),
         (["--min-tcb", "snp=lots"], "--min-tcb: 'snp=lots': 'lots' is not an integer"),
         (["--platform", "smt_enabled"], "--platform: 'smt_enabled' is not NAME=VALUE"),
-        (["--measurement", "xyz"], "expect.measurements: 'xyz' is not hex"),
+        (["--measurement", "xyz"], "expect.measurements: is not hexadecimal: 'xyz'"),
         (["--policy", "smtx=1"], "expect.policy: unknown policy constraint 'smtx'"),
         (["--at", "tomorrow"], "verification_time: 'tomorrow' is not an ISO 8601 time"),
     ],
@@ -269,10 +269,11 @@ def test_fetch_without_certs_out_and_default_report_data(simulated: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "xdg-cache") == ["r.bin"]
 
 
-def test_fetch_without_a_source_exits_2(tmp_path: Path) -> None:
+def test_fetch_without_a_source_exits_3(tmp_path: Path) -> None:
+    """Not an SEV-SNP guest: the machine, not the command line, is wrong (runtime, exit 3)."""
     assert not os.path.exists("/sys/kernel/config/tsm/report") and not os.path.exists("/dev/sev-guest")
     proc = snpguard("report", "fetch", "--out", "r.bin", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.returncode == 3 and proc.stdout == ""
     assert proc.stderr.strip() == ("snpguard report: error: report_source: this is not an SEV-SNP guest: neither "
                                    "/sys/kernel/config/tsm/report (configfs-tsm) nor /dev/sev-guest exists")
     assert not (tmp_path / "r.bin").exists()
@@ -362,7 +363,7 @@ def test_certs_fetch_network_trap_is_live(reports: dict[str, dict[str, Any]], ve
     populate_cache(cache, vectors, entry, crl=False)
     proc = snpguard("certs", "fetch", "--report", str(entry["paths"]["report"]), "--cache-dir", str(cache),
                     cwd=tmp_path, env=NO_NETWORK, timeout=90)
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # KDS unreachable: runtime
     assert proc.stderr.startswith("snpguard certs: error: kds: cannot reach KDS at "
                                   "https://kdsintf.amd.com/vcek/v1/Milan/crl")
 

@@ -86,7 +86,7 @@ def test_login_without_a_terminal_needs_yes(server: ServerProcess, token: str, t
 def test_login_with_expected_fingerprint(server: ServerProcess, token: str, tmp_path: Path) -> None:
     user = Cli(tmp_path)
     proc = user.run("config", "login", "--url", server.base, "--token", token, "--ca-sha256", "00" * 32, ok=False)
-    assert proc.returncode == 2 and "not the expected" in proc.stderr and not user.config.exists()
+    assert proc.returncode == 1 and "not the expected" in proc.stderr and not user.config.exists()  # refused
     fingerprint = ca_fingerprint_pem((server.data_dir / "tls" / "ca.pem").read_bytes())
     summary = user.json("config", "login", "--url", server.url, "--token", token, "--ca-sha256", fingerprint.upper())
     assert summary["ca_sha256"] == fingerprint
@@ -97,7 +97,7 @@ def test_login_with_ca_file_and_a_bad_token(server: ServerProcess, token: str, t
     ca = str(server.data_dir / "tls" / "ca.pem")
     bad = "sgt_0123456789abcdef_" + "A" * 43
     proc = user.run("config", "login", "--url", server.base, "--token", bad, "--ca-file", ca, ok=False)
-    assert proc.returncode == 2 and "401" in proc.stderr and not user.config.exists()
+    assert proc.returncode == 1 and "401" in proc.stderr and not user.config.exists()  # the server refused
     assert not (user.config.parent / "ca.pem").exists()
     user.run("config", "login", "--url", server.base, "--token", token, "--ca-file", ca)
     assert isinstance(user.json("image", "list"), list)
@@ -121,7 +121,7 @@ def test_image_commands(cli: Cli, tmp_path: Path) -> None:
     assert "unchanged" in cli.run(*args).stdout
     assert cli.json(*args, "--check")["changed"] is False
     conflict = cli.run(*[a if a != "ab" * 32 else "cd" * 32 for a in args], ok=False)
-    assert conflict.returncode == 2 and "host_data" in conflict.stderr and "replace" in conflict.stderr
+    assert conflict.returncode == 1 and "host_data" in conflict.stderr and "replace" in conflict.stderr
     listed = cli.run("image", "list").stdout
     assert "cli-image" in listed and created["id"] in listed
     shown = cli.json("image", "show", "cli-image")
@@ -133,12 +133,12 @@ def test_image_commands(cli: Cli, tmp_path: Path) -> None:
     assert "(already)" in cli.run("image", "disable", "cli-image").stdout
     assert cli.json("image", "enable", "cli-image")["enabled"] is True
     missing = cli.run("image", "bundle", "cli-image", ok=False)
-    assert missing.returncode == 2 and "404" in missing.stderr
+    assert missing.returncode == 1 and "404" in missing.stderr
     refused = cli.run("image", "delete", "cli-image", ok=False)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert "deleted" in cli.run("image", "delete", "cli-image", "--yes").stdout
     gone = cli.run("image", "show", "cli-image", ok=False)
-    assert gone.returncode == 2 and "no image named" in gone.stderr
+    assert gone.returncode == 1 and "no image named" in gone.stderr
 
 
 def test_image_bundle_download(cli: Cli, tmp_path: Path) -> None:
@@ -182,9 +182,9 @@ def test_token_commands(server: ServerProcess, cli: Cli, tmp_path: Path) -> None
     states = {t["id"]: t["state"] for t in cli.json("token", "list")}
     assert states[ident] == "revoked" and states[bootstrap["id"]] == "revoked"
     unknown = cli.run("token", "revoke", "fedcba9876543210", ok=False)
-    assert unknown.returncode == 2 and "no token" in unknown.stderr
+    assert unknown.returncode == 1 and "no token" in unknown.stderr
 
 
 def test_environment_overrides_the_saved_token(cli: Cli) -> None:
     proc = cli.run("image", "list", ok=False, env={"SNPGUARD_TOKEN": "sgt_0123456789abcdef_" + "B" * 43})
-    assert proc.returncode == 2 and "token" in proc.stderr
+    assert proc.returncode == 1 and "token" in proc.stderr  # 401: the server refused it

@@ -167,7 +167,7 @@ def test_diff(fx: Path, payload, tmp_path: Path, capsys) -> None:
     code, out, _err = run(["diff", a, kernel], capsys)
     assert code == 1
     assert "kernel.sha256" in out and "cmdline_sha256" not in out and "- vcpus" not in out
-    assert "measurement for 2 vCPU(s): differ" in out
+    assert "2 vCPUs: differ" in out
 
     append = _write(tmp_path / "append.json", json_doc(snp_args(fx, payload, "--vcpus", "2", append="quiet"), capsys))
     code, out, _err = run(["diff", a, append], capsys)
@@ -177,7 +177,7 @@ def test_diff(fx: Path, payload, tmp_path: Path, capsys) -> None:
     vcpus = _write(tmp_path / "vcpus.json", json_doc(snp_args(fx, payload, "--vcpus", "2,4"), capsys))
     code, out, _err = run(["diff", a, vcpus], capsys)
     assert code == 1 and "- vcpus:" in out and "kernel.sha256" not in out
-    assert "measurement for 2 vCPU(s): same" in out
+    assert "2 vCPUs: same" in out and "4 vCPUs: only in b" in out
 
     code, out, _err = run(["diff", a, kernel, "--json"], capsys)
     report = json.loads(out)
@@ -205,12 +205,12 @@ def test_diff_errors(tmp_path: Path, capsys) -> None:
     code, _out, err = run(["diff", good, str(tmp_path / "bad.json")], capsys)
     assert code == 2 and "B.json" in err and "not JSON" in err
     code, _out, err = run(["diff", str(tmp_path / "missing.json"), good], capsys)
-    assert code == 2 and "A.json" in err
+    assert code == 3 and "A.json" in err  # a file that cannot be read is a runtime error
     code, _out, err = run(["diff", _write(tmp_path / "list.json", [1]), good], capsys)
     assert code == 2 and "measure --json" in err
 
 
-# --- bad input: exit 2 with the field named ---
+# --- bad input: exit 2 with the field named (3 for a file that cannot be read) ---
 
 
 @pytest.mark.parametrize(("case", "field"), [
@@ -253,7 +253,7 @@ def test_bad_input_exits_2_naming_the_field(fx: Path, payload, tmp_path: Path, c
         "dump_vmsa_sev": ["--mode", "sev", "--ovmf", ovmf, "--dump-vmsa"],
     }[case]
     code, out, err = run(argv, capsys)
-    assert code == 2, (out, err)
+    assert code == (3 if case in ("bad_ovmf_path", "missing_kernel") else 2), (out, err)
     assert out == ""
     assert field in err, err
     assert "Traceback" not in err
