@@ -135,6 +135,23 @@ def error_document(exc: BaseException, exit_code: int) -> dict[str, Any]:
     return {"error": error, "exit_code": exit_code}
 
 
+def readable(value: Any) -> str:
+    """A value for people: hex and numbers as they are, lists comma-separated, mappings as k=v; never a repr."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, str):
+        return json.dumps(value) if not value or any(c.isspace() for c in value) or '"' in value else value
+    if isinstance(value, dict):
+        return " ".join(f"{k}={readable(v)}" for k, v in value.items()) if value else "none"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(readable(v) for v in value) if value else "none"
+    return str(value)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 

@@ -34,7 +34,7 @@ from ..plugins.module_utils.snp.id_block import (
     parse_hex,
 )
 from ..plugins.module_utils.snp.policy import describe_policy
-from .common import EXIT_REFUSED, EXIT_RUNTIME, add_json, examples, exit_code_for
+from .common import EXIT_REFUSED, EXIT_RUNTIME, add_json, examples, exit_code_for, readable
 
 _MAX_INPUT = 64 * 1024
 _EXAMPLE_LD = "076f052d08bda7a700aa2a608c5caa6b00ebad297b6d68a85a45b1e669a558b67e1b91d284a301fe63c4fa0750467eed"
@@ -316,13 +316,13 @@ def _show(args: argparse.Namespace) -> int:
         print("ID block:")
         for key, value in doc["id_block"].items():
             if key != "policy_description":
-                print(f"  {key}: {value}")
+                print(f"  {key}: {readable(value)}")
         for line in doc["id_block"]["policy_description"]:
             print(f"    {line}")
     if "id_auth" in doc:
         print("ID auth:")
         for key, value in doc["id_auth"].items():
-            print(f"  {key}: {'-' if value is None else value}")
+            print(f"  {key}: {'-' if value is None else readable(value)}")
     if "signatures" in doc:
         sig = doc["signatures"]
         print("signatures: " + ("valid" if sig["valid"] else f"INVALID ({sig['error']['msg']})"))

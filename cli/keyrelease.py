@@ -445,7 +445,8 @@ def _print_image(image: dict[str, Any]) -> None:
     for m in image["measurements"]:
         print(f"measurement:    {m['vcpus']} vCPU{'s' if m['vcpus'] != 1 else ''}: {m['measurement']}"
               + ("  (ID block)" if m.get("id_block") else ""))
-    policy = ", ".join(f"{k}={v}" for k, v in sorted(image["policy"].items()) if v is not None)
+    policy = ", ".join(f"{k}={json.dumps(v) if isinstance(v, bool) else v}"  # as --policy takes them
+                       for k, v in sorted(image["policy"].items()) if v is not None)
     print(f"policy:         {policy or '-'}")
     tcb = image.get("min_tcb")
     print(f"min TCB:        {', '.join(f'{k}={v}' for k, v in tcb.items()) if tcb else '-'}")

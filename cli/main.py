@@ -9,6 +9,7 @@ and the exit code of ``common.exit_code_for``: 1 refused, 2 usage, 3 runtime.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -43,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # argparse would blame the top-level parser; name the subcommand's usage instead
+            raise ParseError(_deepest(parser, args), f"unrecognized arguments: {' '.join(extras)}")
     except ParseError as exc:
         return report_error(exc, command=None, json_mode=wants_json(argv))
     json_mode = bool(getattr(args, "json", False) or getattr(args, "diff_json", False))
@@ -57,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         return report_error(exc, command=args.command, json_mode=json_mode)
+
+
+def _deepest(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand parser that ``args`` went through last."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _deepest(chosen, args)
+    return parser
 
 
 def _actions(args: object) -> list[str]:

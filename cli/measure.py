@@ -16,7 +16,7 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.measure import Mode
 from ..plugins.module_utils.snp.measure_explain import diff_launches, render_explain
 from ..plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
-from .common import add_json, examples
+from .common import add_json, examples, readable
 
 # sev-snp-measure's names for the modes, used by its --verbose line.
 _VERBOSE_NAMES = {Mode.SEV: "SEV", Mode.SEV_ES: "SEV_ES", Mode.SNP: "SEV_SNP", Mode.SNP_SVSM: "SEV_SNP_SVSM"}
@@ -166,29 +166,15 @@ def _diff(args: argparse.Namespace) -> int:
 # -- measure diff for people: values as they are written on the command line, never Python reprs ------------------
 
 
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "not set"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, str):
-        return json.dumps(value) if not value or any(c.isspace() for c in value) or '"' in value else value
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_scalar(v)}" for k, v in value.items())
-    if isinstance(value, list):
-        return ", ".join(_scalar(v) for v in value) if value else "none"
-    return str(value)
-
-
 def _readable(field: str, value: Any, inputs: dict[str, Any]) -> list[str]:
     """One side of a difference as lines of text."""
     if field == "cmdline_sha256" and isinstance(value, dict):
         append, digest = value.get("append"), value.get("sha256")
         if digest is None:
             return ["no command line (no kernel)"]
-        return [f"{'empty' if append is None else json.dumps(append)} (SHA-256 {_scalar(digest)})"]
+        return [f"{'empty' if append is None else json.dumps(append)} (SHA-256 {readable(digest)})"]
     if field == "vcpu_sig" and inputs.get("vcpu_type"):
-        return [f"{_scalar(value)} ({inputs['vcpu_type']})"]
+        return [f"{readable(value)} ({inputs['vcpu_type']})"]
     if field in ("kernel", "initrd") and isinstance(value, bool):
         return ["present" if value else "absent"]
     if value is None and field.split(".")[0] in ("kernel", "initrd", "svsm"):
@@ -197,10 +183,10 @@ def _readable(field: str, value: Any, inputs: dict[str, Any]) -> list[str]:
         source = inputs.get(field.split(".")[0])
         if isinstance(source, dict) and source.get("path"):
             extra = f", {source['size']} bytes" if isinstance(source.get("size"), int) else ""
-            return [f"{_scalar(value)} ({source['path']}{extra})"]
+            return [f"{readable(value)} ({source['path']}{extra})"]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [" ".join(_scalar(v) for v in item.values()) for item in value]
-    return [_scalar(value)]
+        return [readable(item) for item in value]
+    return [readable(value)]
 
 
 def _vcpus(count: str, mode: Any) -> str:

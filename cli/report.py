@@ -19,7 +19,7 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.policy import GuestPolicy
 from ..plugins.module_utils.snp.report import REPORT_SIZE, parse_report
 from ..plugins.module_utils.snp.tcb import Product
-from .common import add_json, examples
+from .common import add_json, examples, readable
 
 _EXAMPLE_MEASUREMENT = ("195b01b74976a1faba13bd85eaf787958f0a46e6dddd45c5bdbf8673522777842b8057ae5d866b75416efb62"
                         "012deaa3")
@@ -194,7 +194,7 @@ def render_report(doc: dict[str, Any], policy: int) -> str:
              "launch_mit_vector", "current_mit_vector", "cpuid"]
     for key in order:
         if doc.get(key) is not None:
-            lines.append(f"  {key:<20} {doc[key]}")
+            lines.append(f"  {key:<20} {readable(doc[key])}")
     try:
         lines.append("  policy decoded:      " + "; ".join(GuestPolicy.from_int(policy).describe()))
     except SnpError as exc:
@@ -226,7 +226,7 @@ def _verify(args: argparse.Namespace) -> int:
             line = f"{mark} {result.name:<28} {result.detail}"
             if result.failed and (result.expected is not None or result.actual is not None):
                 shown = result.as_dict()
-                line += f"\n     expected: {shown['expected']}\n     actual:   {shown['actual']}"
+                line += f"\n     expected: {readable(shown['expected'])}\n     actual:   {readable(shown['actual'])}"
             print(line)
         print("VALID" if attestation.ok else "REFUSED")
     return 0 if attestation.ok else 1

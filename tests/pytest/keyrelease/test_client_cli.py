@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,80 @@ def test_login_pins_the_ca_and_stores_0600(server: ServerProcess, token: str, tm
     assert Path(saved["ca_file"]).read_bytes().strip() == (server.data_dir / "tls" / "ca.pem").read_bytes().strip()
     shown = user.json("config", "show")
     assert shown["token_id"] == token.split("_")[1] and token not in json.dumps(shown)
+
+
+def test_login_token_from_the_environment(server: ServerProcess, token: str, tmp_path: Path) -> None:
+    user = Cli(tmp_path)
+    proc = user.run("config", "login", "--url", server.base, "--yes", env={"SNPGUARD_TOKEN": token})
+    assert "configuration saved" in proc.stdout and "warning" not in proc.stderr
+    assert json.loads(user.config.read_text())["token"] == token
+
+
+def test_login_token_on_the_command_line_warns(server: ServerProcess, token: str, tmp_path: Path) -> None:
+    user = Cli(tmp_path)
+    proc = user.run("config", "login", "--url", server.base, "--token", token, "--yes")
+    assert "warning: --token puts the API token in the process list" in proc.stderr
+    assert "shell history" in proc.stderr and json.loads(user.config.read_text())["token"] == token
+
+
+def test_login_without_token_or_terminal_is_a_usage_error(server: ServerProcess, tmp_path: Path) -> None:
+    user = Cli(tmp_path)
+    proc = user.run("config", "login", "--url", server.base, "--yes", ok=False)
+    assert proc.returncode == 2 and "SNPGUARD_TOKEN" in proc.stderr and "terminal" in proc.stderr
+    assert proc.stdout == "" and not user.config.exists()  # refused before contacting the server
+    proc = user.run("config", "login", "--url", server.base, "--yes", "--json", ok=False)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 2 and doc["exit_code"] == 2
+    assert doc["error"]["field"] == "token" and doc["error"]["code"] == "no_token"
+
+
+def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {needle!r} from the terminal; got {bytes(seen)!r}"
+        ready, _w, _x = select.select([fd], [], [], remaining)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            assert chunk, f"the terminal closed before {needle!r}; got {bytes(seen)!r}"
+            seen += chunk
+
+
+def test_login_prompts_for_the_token_on_a_terminal(server: ServerProcess, token: str, tmp_path: Path) -> None:
+    """On a pseudo-terminal, with no SNPGUARD_TOKEN and no --token, login asks; the answer is not echoed."""
+    user = Cli(tmp_path)
+    argv = snpguard_cmd("config", "login", "--url", server.base, "--yes")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        try:
+            os.execve(argv[0], argv, user.env)
+        finally:
+            os._exit(127)
+    seen = bytearray()
+    try:
+        _read_until(fd, b"API token (input hidden): ", seen)
+        os.write(fd, token.encode() + b"\n")
+        _read_until(fd, b"configuration saved", seen)
+        with_rest = bytearray()
+        while True:  # drain until the child closes the terminal
+            ready, _w, _x = select.select([fd], [], [], 30)
+            try:
+                chunk = os.read(fd, 4096) if ready else b""
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            with_rest += chunk
+        seen += with_rest
+    finally:
+        _pid, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, bytes(seen)
+    assert token.encode() not in seen and b"warning" not in seen
+    assert json.loads(user.config.read_text())["token"] == token
 
 
 def test_login_without_a_terminal_needs_yes(server: ServerProcess, token: str, tmp_path: Path) -> None:

@@ -185,6 +185,48 @@ def test_diff(fx: Path, payload, tmp_path: Path, capsys) -> None:
     assert [d["field"] for d in report["differences"]] == ["kernel.sha256"]
 
 
+@pytest.mark.artifacts
+def test_diff_of_real_launches_prints_values_not_reprs(artifacts: Path, tmp_path: Path, capsys) -> None:
+    """Debian's firmware, kernel and initrd, launched two ways that differ in five inputs."""
+    other_kernel = tmp_path / "vmlinuz-patched"
+    other_kernel.write_bytes((artifacts / "vmlinuz").read_bytes() + b"\0")
+    common = ["--ovmf", str(artifacts / "OVMF.amdsev.fd"), "--initrd", str(artifacts / "initrd.img")]
+    a_doc = json_doc([*common, "--kernel", str(artifacts / "vmlinuz"), "--append", "console=ttyS0",
+                      "--vcpus", "2", "--vcpu-type", "EPYC-v4"], capsys)
+    b_doc = json_doc([*common, "--kernel", str(other_kernel), "--append", "console=ttyS0 quiet",
+                      "--vcpus", "4", "--vcpu-type", "EPYC-Milan", "--guest-features", "0x21"], capsys)
+    a, b = _write(tmp_path / "a.json", a_doc), _write(tmp_path / "b.json", b_doc)
+    code, out, err = run(["diff", a, b], capsys)
+    assert code == 1 and err == ""
+    for repr_marker in ("b'", "b\"", "{'", "['", "None", "True", "False", "{", "["):
+        assert repr_marker not in out, f"{repr_marker!r} in:\n{out}"
+    lines = out.splitlines()
+    assert lines[0] == "5 inputs differ:"
+    fields = [line[2:].split(":", 1)[0] for line in lines if line.startswith("- ")]
+    assert fields == ["vcpus", "vcpu_sig", "guest_features", "kernel.sha256", "cmdline_sha256"]
+
+    def sides(field: str) -> tuple[str, str]:
+        index = lines.index(next(line for line in lines if line.startswith(f"- {field}: ")))
+        assert lines[index + 1].startswith("    a: ") and lines[index + 2].startswith("    b: ")
+        return lines[index + 1][7:], lines[index + 2][7:]
+
+    assert sides("vcpus") == ("2", "4")
+    assert sides("vcpu_sig") == ("0x800f12 (EPYC-v4)", "0xa00f11 (EPYC-Milan)")
+    assert sides("guest_features") == ("0x1", "0x21")
+    kernel_a, kernel_b = sides("kernel.sha256")
+    assert kernel_a == (f"{hashlib.sha256((artifacts / 'vmlinuz').read_bytes()).hexdigest()} "
+                        f"({artifacts / 'vmlinuz'}, {(artifacts / 'vmlinuz').stat().st_size} bytes)")
+    assert kernel_b.startswith(hashlib.sha256(other_kernel.read_bytes()).hexdigest() + " (")
+    cmdline_a, cmdline_b = sides("cmdline_sha256")
+    assert cmdline_a == f'"console=ttyS0" (SHA-256 {hashlib.sha256(b"console=ttyS0" + bytes(1)).hexdigest()})'
+    assert cmdline_b.startswith('"console=ttyS0 quiet" (SHA-256 ')
+    # Both measurements, by vCPU count, as the hex the documents hold.
+    tail = lines[lines.index("measurements:"):]
+    assert tail == ["measurements:", "  2 vCPUs: only in a", f"    a: {a_doc['measurements']['2']}",
+                    "    b: not measured", "  4 vCPUs: only in b", "    a: not measured",
+                    f"    b: {b_doc['measurements']['4']}"]
+
+
 def test_diff_same_inputs_different_measurements(fx: Path, payload, tmp_path: Path, capsys) -> None:
     """Documents from different tool versions: both forms of ``diff`` must report it and exit 1."""
     base = json_doc(snp_args(fx, payload, "--vcpus", "1"), capsys)
