@@ -23,13 +23,27 @@ author:
   - snpguard maintainers (@snpguard)
 extends_documentation_fragment:
   - snpguard.cvm.keyrelease_server
+  - snpguard.cvm.attributes
+  - snpguard.cvm.attributes.actiongroup_keyrelease
+  - snpguard.cvm.attributes.files
+  - ansible.builtin.files
 attributes:
   check_mode:
     support: full
-    description: Lists the tokens and reports what would be created or revoked; changes nothing.
+    details: Lists the tokens and reports what would be created or revoked; changes nothing.
   diff_mode:
     support: none
-    description: The only state is the list of tokens, returned in RV(tokens).
+    details: The only state is the list of tokens, returned in RV(tokens).
+  idempotent:
+    support: full
+    details:
+      - An active token of O(name) (with O(token_file), the one in that file) is kept; a second run changes nothing.
+  safe_file_operations:
+    support: full
+    details: O(token_file) is written to a temporary file and renamed into place.
+  platform:
+    support: full
+    platforms: posix
 options:
   name:
     description: Name of the token (several tokens may share a name; the name identifies them here).
@@ -61,7 +75,8 @@ options:
   token_file:
     description:
       - File that holds this token (C(sgt_...)). A valid active token of this name there means nothing to do;
-        otherwise the new token's secret is written there, mode 0600.
+        otherwise the new token's secret is written there, mode V(0600) unless O(mode) says otherwise.
+      - O(mode), O(owner), O(group) and the other file options apply to this file (with O(state=present)).
       - With O(state=absent) the file is removed after the tokens are revoked.
     type: path
 requirements: []
@@ -120,6 +135,42 @@ tokens:
   returned: when the module could list tokens
   type: list
   elements: dict
+  contains:
+    id:
+      description: Id of the token (the C(<id>) of C(sgt_<id>_<secret>)).
+      type: str
+      returned: always
+      sample: 3f2a9c0d11e4b5a6
+    name:
+      description: Name of the token.
+      type: str
+      returned: always
+    created_at:
+      description: When it was created (ISO 8601).
+      type: str
+      returned: always
+    expires_at:
+      description: When it expires (ISO 8601), or V(null).
+      type: str
+      returned: always
+    last_used_at:
+      description: When it was last used (ISO 8601), or V(null).
+      type: str
+      returned: for listed tokens
+    state:
+      description: V(active) for the tokens listed here.
+      type: str
+      returned: for listed tokens
+      sample: active
+    scope:
+      description: V(operator) or V(admin).
+      type: str
+      returned: always
+      sample: operator
+    parent_id:
+      description: Id of the token that minted it, V(null) when minted with the master password.
+      type: str
+      returned: always
 field:
   description: The option (or server field) that is wrong.
   returned: failure
@@ -145,12 +196,17 @@ def main() -> None:
             "token_file": {"type": "path", "no_log": False},
         },
         required_by={"master_password": ("token_file",)},
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     try:
         result = apply(module.params, check_mode=module.check_mode)
     except SnpError as exc:
         module.fail_json(**exc.as_dict())
+    token_file = module.params["token_file"]
+    if token_file and module.params["state"] == "present":
+        result["changed"] = module.set_fs_attributes_if_different(
+            module.load_file_common_arguments(module.params, path=token_file), result["changed"])
     module.exit_json(**result)
 
 

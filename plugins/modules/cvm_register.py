@@ -26,13 +26,21 @@ author:
   - snpguard maintainers (@snpguard)
 extends_documentation_fragment:
   - snpguard.cvm.keyrelease_server
+  - snpguard.cvm.attributes
+  - snpguard.cvm.attributes.actiongroup_keyrelease
 attributes:
   check_mode:
     support: full
-    description: Reads the registered image and reports what would change; registers nothing.
+    details: Reads the registered image and reports what would change; registers nothing.
   diff_mode:
     support: full
-    description: Shows the image's public facts (measurements, policy, digests, ids, enabled), never a key.
+    details: Shows the image's public facts (measurements, policy, digests, ids, enabled), never a key.
+  idempotent:
+    support: full
+    details: Registering the same content and volume key again reports no change.
+  platform:
+    support: full
+    platforms: posix
 options:
   name:
     description: Name of the image on the server (letters, digits, C(.), C(_), C(-); at most 128 characters).
@@ -254,6 +262,95 @@ image:
     - In check mode the image as it is now (null when it does not exist).
   returned: success with O(state=present)
   type: dict
+  contains:
+    id:
+      description: The image's id (UUID).
+      type: str
+      returned: when the image exists
+    name:
+      description: Name of the image.
+      type: str
+      returned: when the image exists
+    enabled:
+      description: Whether the server releases the key to this image.
+      type: bool
+      returned: when the image exists
+    measurements:
+      description: One entry per vCPU count - C(vcpus), C(measurement), and the server-signed C(id_block) and
+        C(id_auth) (V(null) unless O(generate_id_keys)).
+      type: list
+      elements: dict
+      returned: when the image exists
+    vcpu_type:
+      description: The vCPU type, or V(null).
+      type: str
+      returned: when the image exists
+    policy:
+      description: The guest-policy constraints.
+      type: dict
+      returned: when the image exists
+    min_tcb:
+      description: The minimum TCB, or V(null).
+      type: dict
+      returned: when the image exists
+    id_key_digests:
+      description: Accepted ID key digests.
+      type: list
+      elements: str
+      returned: when the image exists
+    author_key_digests:
+      description: Accepted author key digests.
+      type: list
+      elements: str
+      returned: when the image exists
+    generated_id_key_digest:
+      description: Digest of the ID key the server generated for this image, or V(null).
+      type: str
+      returned: when the image exists
+    family_id:
+      description: Expected FAMILY_ID, or V(null).
+      type: str
+      returned: when the image exists
+    image_id:
+      description: Expected IMAGE_ID, or V(null).
+      type: str
+      returned: when the image exists
+    guest_svn:
+      description: Minimum GUEST_SVN, or V(null).
+      type: int
+      returned: when the image exists
+    host_data:
+      description: Expected HOST_DATA, or V(null).
+      type: str
+      returned: when the image exists
+    content_sha256:
+      description: SHA-256 of the registration's canonical public content.
+      type: str
+      returned: when the image exists
+    bundle_sha256:
+      description: SHA-256 of the launch bundle, or V(null).
+      type: str
+      returned: when the image exists
+    release_count:
+      description: How often the key was released.
+      type: int
+      returned: when the image exists
+    refusal_count:
+      description: How often a release was refused.
+      type: int
+      returned: when the image exists
+    last_release_at:
+      description: Time of the last release (ISO 8601), or V(null).
+      type: str
+      returned: when the image exists
+    created_at:
+      description: When the image was registered (ISO 8601).
+      type: str
+      returned: when the image exists
+    updated_at:
+      description: When it last changed (ISO 8601).
+      type: str
+      returned: when the image exists
 content_sha256:
   description: SHA-256 of the registration's canonical public content (the server's C(content_sha256)).
   returned: success with O(state=present)

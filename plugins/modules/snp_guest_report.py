@@ -18,13 +18,29 @@ description:
     M(snpguard.cvm.attest) action, which does both.
 author:
   - snpguard maintainers (@snpguard)
+extends_documentation_fragment:
+  - snpguard.cvm.attributes
+  - snpguard.cvm.attributes.files
+  - ansible.builtin.files
 attributes:
   check_mode:
     support: full
-    description: Getting a report changes nothing on the guest.
+    details: Getting a report changes nothing on the guest; in check mode O(dest) is not written.
   diff_mode:
     support: none
-    description: The only possible change is writing the raw report to O(dest); no diff is shown for it.
+    details: The only possible change is writing the raw report to O(dest); no diff is shown for it.
+  idempotent:
+    support: partial
+    details:
+      - Without O(dest) it always reports no change.
+      - With O(dest) it writes a new report on every run and says so, because every report carries a fresh signature.
+  safe_file_operations:
+    support: full
+    details: O(dest) is written to a temporary file beside it and renamed into place.
+  platform:
+    support: full
+    platforms: posix
+    details: Linux in an SEV-SNP guest (configfs-tsm or C(/dev/sev-guest)), or anywhere with O(simulated_amdsp).
 options:
   report_data:
     description:
@@ -41,7 +57,9 @@ options:
     type: bool
     default: true
   dest:
-    description: Also write the raw report to this file on the guest.
+    description:
+      - Also write the raw report to this file on the guest (mode V(0644) unless O(mode) says otherwise).
+      - O(mode), O(owner), O(group) and the other file options apply to this file.
     type: path
   simulated_amdsp:
     description:
@@ -81,7 +99,7 @@ source:
   type: str
   sample: configfs-tsm
 changed:
-  description: True only when O(dest) was written.
+  description: True only when O(dest) was (in check mode, would be) written.
   returned: always
   type: bool
 """
@@ -106,6 +124,7 @@ def main() -> None:
             "dest": {"type": "path"},
             "simulated_amdsp": {"type": "path"},
         },
+        add_file_common_args=True,
         supports_check_mode=True,
     )
 
@@ -120,9 +139,12 @@ def main() -> None:
                                      "report_b64": base64.b64encode(got.report).decode()}
         if got.certs:
             result["certs_b64"] = base64.b64encode(got.certs).decode()
-        if module.params["dest"] and not module.check_mode:
-            atomic_write(module.params["dest"], got.report)
-            result["changed"] = True
+        dest = module.params["dest"]
+        if dest:
+            if not module.check_mode:
+                atomic_write(dest, got.report)
+            result["changed"] = module.set_fs_attributes_if_different(
+                module.load_file_common_arguments(module.params, path=dest), True)
         return result
 
     run(module, body)

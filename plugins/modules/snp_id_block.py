@@ -23,10 +23,14 @@ description:
   - Private keys are never overwritten. With O(generate_keys=true), a missing key file is created as a new
     P-384 key with mode V(0600).
   - Files are written as base64 text, the form QEMU takes; raw binary files are accepted when read.
+  - O(mode), O(owner), O(group) and the other file options apply to O(id_block_path) and O(id_auth_path) (written
+    V(0644) otherwise). They never apply to the private keys, which are created V(0600) and never loosened.
 author:
   - snpguard maintainers (@snpguard)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - snpguard.cvm.attributes
+  - snpguard.cvm.attributes.files
+  - ansible.builtin.files
 attributes:
   check_mode:
     support: full
@@ -37,7 +41,14 @@ attributes:
     support: full
     details:
       - The diff shows public facts only (launch digest, IDs, SVN, policy, key digests), never key material.
+  idempotent:
+    support: full
+    details: Decided on verified content - an existing ID auth that still verifies for the same block and keys is kept.
+  safe_file_operations:
+    support: full
+    details: Blocks are written to a temporary file and renamed into place; keys are linked into place, never replaced.
   platform:
+    support: full
     platforms: posix
 requirements:
   - cryptography
@@ -244,7 +255,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, add_file_common_args=True, supports_check_mode=True)
     require_cryptography(module)
     params = module.params
     request = IdBlockRequest(
@@ -268,6 +279,9 @@ def main() -> None:
         diff = result.pop("diff")
         if result["qemu"] is not None:  # QEMU's property names, as identifiers (id-block -> id_block)
             result["qemu"] = {key.replace("-", "_"): value for key, value in result["qemu"].items()}
+        for path in filter(None, (params["id_block_path"], params["id_auth_path"])):
+            result["changed"] = module.set_fs_attributes_if_different(
+                module.load_file_common_arguments(params, path=path), result["changed"])
         if module._diff:
             result["diff"] = diff
         return result

@@ -20,13 +20,21 @@ author:
   - snpguard maintainers (@snpguard)
 requirements:
   - python >= 3.11
+extends_documentation_fragment:
+  - snpguard.cvm.attributes
 attributes:
   check_mode:
     support: full
-    description: The module only reads files, so check mode computes the same result.
+    details: The module only reads files, so check mode computes the same result.
   diff_mode:
     support: none
-    description: Nothing on the target changes, so there is nothing to diff.
+    details: Nothing on the target changes, so there is nothing to diff.
+  idempotent:
+    support: full
+    details: A pure computation; it always reports no change.
+  platform:
+    support: full
+    platforms: posix
 options:
   mode:
     description:
@@ -186,11 +194,90 @@ inputs:
     - Keep it next to the measurement; comparing two of them says why two launches differ.
   returned: success
   type: dict
+  contains:
+    mode:
+      description: The guest mode measured.
+      type: str
+      returned: always
+      sample: snp
+    vmm_type:
+      description: The VMM type (C(QEMU), C(ec2), C(gce)).
+      type: str
+      returned: with O(mode=snp)
+    vcpus:
+      description: The vCPU counts measured.
+      type: list
+      elements: int
+      returned: with O(mode=snp) or O(mode=seves)
+    vcpu_type:
+      description: The vCPU type, when given.
+      type: str
+      returned: when O(vcpu_type) is given
+    vcpu_sig:
+      description: The vCPU signature (CPUID(1).EAX, hex).
+      type: str
+      returned: with O(mode=snp) or O(mode=seves)
+      sample: 0x800f12
+    guest_features:
+      description: The SEV features of the VMSA (hex).
+      type: str
+      returned: with O(mode=snp)
+      sample: 0x1
+    append:
+      description: The kernel command line.
+      type: str
+      returned: when O(kernel) is given
+    cmdline_sha256:
+      description: SHA-256 of the command line as hashed into the launch (hex).
+      type: str
+      returned: when O(kernel) is given
+    kvm_init:
+      description: How the host initialises SEV (C(init2) or C(legacy)).
+      type: str
+      returned: with O(mode=snp)
+    ovmf:
+      description: The firmware - C(path), C(size), C(sha384), C(sections) (type, GPA, size), C(launch_digest) of the
+        firmware alone and C(reset_eip).
+      type: dict
+      returned: when O(ovmf) is given
+    kernel:
+      description: The kernel - C(path), C(sha256), C(size).
+      type: dict
+      returned: when O(kernel) is given
+    initrd:
+      description: The initrd - C(path), C(sha256), C(size).
+      type: dict
+      returned: when O(initrd) is given
 explain:
   description: Every measured region in launch order, with its page type, GPA, page count and the digest after it.
   returned: when O(explain=true)
   type: list
   elements: dict
+  contains:
+    what:
+      description: The region, for example C(firmware OVMF.amdsev.fd) or C(metadata SNP_SEC_MEM).
+      type: str
+      returned: always
+      sample: metadata SNP_SEC_MEM
+    page_type:
+      description: The SNP page type (C(NORMAL), C(VMSA), C(ZERO), C(UNMEASURED), C(SECRETS), C(CPUID)).
+      type: str
+      returned: always
+      sample: ZERO
+    gpa:
+      description: Guest physical address of the region (hex).
+      type: str
+      returned: always
+      sample: 0x800000
+    pages:
+      description: Number of 4 KiB pages.
+      type: int
+      returned: always
+      sample: 9
+    digest_after:
+      description: The launch digest after this region (hex).
+      type: str
+      returned: always
 cross_check:
   description: The digests computed by sev-snp-measure, keyed by vCPU count.
   returned: when O(cross_check=true)

@@ -22,13 +22,20 @@ author:
 extends_documentation_fragment:
   - snpguard.cvm.attestation.EXPECTATIONS
   - snpguard.cvm.attestation.TRUST
+  - snpguard.cvm.attributes
 attributes:
   check_mode:
     support: full
-    description: Verification changes nothing; check mode verifies the same way.
+    details: Verification changes nothing; check mode verifies the same way.
   diff_mode:
     support: none
-    description: Nothing on the target changes, so there is nothing to diff.
+    details: Nothing on the target changes, so there is nothing to diff.
+  idempotent:
+    support: full
+    details: Verification always reports no change (a KDS answer may be cached under O(cache_dir)).
+  platform:
+    support: full
+    platforms: posix
 options:
   report:
     description: Path to the 1184-byte report. One of O(report) and O(report_b64) is required.
@@ -79,11 +86,176 @@ report:
   description: Every field of the report, decoded; TCBs decoded for the product.
   returned: when the report was verified (also on refusal)
   type: dict
+  contains:
+    version:
+      description: Report version (2 to 5).
+      type: int
+      returned: always
+    guest_svn:
+      description: GUEST_SVN.
+      type: int
+      returned: always
+    policy:
+      description: Guest policy (hex).
+      type: str
+      returned: always
+    family_id:
+      description: FAMILY_ID (hex).
+      type: str
+      returned: always
+    image_id:
+      description: IMAGE_ID (hex).
+      type: str
+      returned: always
+    vmpl:
+      description: VMPL the report was requested at.
+      type: int
+      returned: always
+    signature_algo:
+      description: Signature algorithm (1 is ECDSA P-384 with SHA-384).
+      type: int
+      returned: always
+    platform_info:
+      description: PLATFORM_INFO (hex).
+      type: str
+      returned: always
+    platform_info_flags:
+      description: PLATFORM_INFO decoded into named flags (C(smt_enabled), C(tsme_enabled), ...).
+      type: dict
+      returned: always
+    key_info:
+      description: KEY_INFO word (hex).
+      type: str
+      returned: always
+    author_key_en:
+      description: Whether the ID auth carried an author key (AUTHOR_KEY_EN).
+      type: bool
+      returned: always
+    mask_chip_key:
+      description: MASK_CHIP_KEY.
+      type: bool
+      returned: always
+    signing_key:
+      description: Which key signed the report - C(VCEK), C(VLEK) or C(NONE).
+      type: str
+      returned: always
+    report_data:
+      description: REPORT_DATA (hex).
+      type: str
+      returned: always
+    measurement:
+      description: MEASUREMENT, the launch digest (hex).
+      type: str
+      returned: always
+    host_data:
+      description: HOST_DATA (hex).
+      type: str
+      returned: always
+    id_key_digest:
+      description: ID_KEY_DIGEST (hex).
+      type: str
+      returned: always
+    author_key_digest:
+      description: AUTHOR_KEY_DIGEST (hex).
+      type: str
+      returned: always
+    report_id:
+      description: REPORT_ID (hex).
+      type: str
+      returned: always
+    report_id_ma:
+      description: REPORT_ID_MA (hex).
+      type: str
+      returned: always
+    chip_id:
+      description: CHIP_ID (hex).
+      type: str
+      returned: always
+    current_version:
+      description: Current firmware version, C(MAJOR.MINOR.BUILD).
+      type: str
+      returned: always
+    committed_version:
+      description: Committed firmware version, C(MAJOR.MINOR.BUILD).
+      type: str
+      returned: always
+    cpuid:
+      description: Family, model and stepping of the CPU (C(null) before report version 3).
+      type: dict
+      returned: always
+    launch_mit_vector:
+      description: LAUNCH_MIT_VECTOR (hex; C(null) before report version 5).
+      type: str
+      returned: always
+    current_mit_vector:
+      description: CURRENT_MIT_VECTOR (hex; C(null) before report version 5).
+      type: str
+      returned: always
+    signature_r:
+      description: Signature R component (hex).
+      type: str
+      returned: always
+    signature_s:
+      description: Signature S component (hex).
+      type: str
+      returned: always
+    reserved_nonzero:
+      description: Reserved byte ranges that are not zero (empty for a well-formed report).
+      type: list
+      elements: str
+      returned: always
+    current_tcb:
+      description: Decoded TCB - C(bootloader), C(tee), C(snp), C(microcode) (and C(fmc) on Turin) SVNs and C(raw);
+        only C(raw) when the product is unknown.
+      type: dict
+      returned: always
+    reported_tcb:
+      description: Decoded TCB - C(bootloader), C(tee), C(snp), C(microcode) (and C(fmc) on Turin) SVNs and C(raw);
+        only C(raw) when the product is unknown.
+      type: dict
+      returned: always
+    committed_tcb:
+      description: Decoded TCB - C(bootloader), C(tee), C(snp), C(microcode) (and C(fmc) on Turin) SVNs and C(raw);
+        only C(raw) when the product is unknown.
+      type: dict
+      returned: always
+    launch_tcb:
+      description: Decoded TCB - C(bootloader), C(tee), C(snp), C(microcode) (and C(fmc) on Turin) SVNs and C(raw);
+        only C(raw) when the product is unknown.
+      type: dict
+      returned: always
+    product:
+      description: The product the TCBs were decoded for.
+      type: str
+      returned: when the product is known
 checks:
   description: Every check, in order, with its status (pass, fail, skip), detail, and expected and actual values.
   returned: when the report was verified (also on refusal)
   type: list
   elements: dict
+  contains:
+    check:
+      description: Name of the check, for example C(report.signature) or C(measurement).
+      type: str
+      returned: always
+      sample: report.signature
+    status:
+      description: V(pass), V(fail) or V(skip).
+      type: str
+      returned: always
+      sample: pass
+    detail:
+      description: What was checked, or why it was skipped.
+      type: str
+      returned: always
+    expected:
+      description: The expected value.
+      type: raw
+      returned: when the check compares values
+    actual:
+      description: The value found.
+      type: raw
+      returned: when the check compares values
 check:
   description: The name of the first check that refused the report.
   returned: when a check refused the report

@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +451,10 @@ def module_results(simulator: tuple[SimulatedAmdSp, Path], tmp_path_factory: pyt
         guest("dest", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim, "dest": str(tmp / "r.bin")}),
         guest("dest_check", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim,
                              "dest": str(tmp / "check.bin")}, check_mode=True),
+        guest("dest_mode", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim, "dest": str(tmp / "m.bin"),
+                            "mode": "0600"}),
+        guest("dest_mode_check", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim,
+                                  "dest": str(tmp / "m.bin"), "mode": "0640"}, check_mode=True),
         guest("no_certs", {"report_data": REPORT_DATA.hex(), "simulated_amdsp": sim, "certificates": False}),
         guest("not_a_guest", {"report_data": REPORT_DATA.hex()}),
         guest("short", {"report_data": REPORT_DATA[:63].hex(), "simulated_amdsp": sim}),
@@ -471,8 +476,17 @@ def test_module_dest_and_check_mode(module_results: dict) -> None:
     results, tmp = module_results["results"], module_results["tmp"]
     assert results["dest"]["changed"] is True
     assert parse_report((tmp / "r.bin").read_bytes()).report_data == REPORT_DATA
-    assert results["dest_check"]["changed"] is False and not results["dest_check"].get("skipped")
+    # check mode says that it would write, and writes nothing
+    assert results["dest_check"]["changed"] is True and not results["dest_check"].get("skipped")
     assert "report_b64" in results["dest_check"] and not (tmp / "check.bin").exists()
+
+
+def test_module_dest_takes_the_file_options(module_results: dict) -> None:
+    results, tmp = module_results["results"], module_results["tmp"]
+    assert stat.S_IMODE((tmp / "r.bin").stat().st_mode) == 0o644  # the default
+    assert results["dest_mode"]["changed"] is True
+    assert stat.S_IMODE((tmp / "m.bin").stat().st_mode) == 0o600
+    assert results["dest_mode_check"]["changed"] is True  # (the file is still 0600: check mode)
 
 
 @pytest.mark.parametrize(

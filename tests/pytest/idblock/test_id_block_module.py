@@ -103,6 +103,30 @@ def test_adhoc_check_mode_and_diff(tmp_path: Path, args: dict[str, Any]) -> None
     assert status == "SUCCESS" and result["changed"] is False
 
 
+def test_adhoc_file_options_apply_to_the_blocks_not_the_keys(tmp_path: Path, args: dict[str, Any]) -> None:
+    out = tmp_path / "out"
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    status, _first, _stdout = run_adhoc(tmp_path, dict(args, mode="0640"))
+    assert status == "CHANGED"
+    assert mode(out / "id_block.b64") == 0o640 and mode(out / "id_auth.b64") == 0o640
+    assert mode(tmp_path / "keys-id.pem") == 0o600 and mode(tmp_path / "keys-author.pem") == 0o600
+    status, again, _stdout = run_adhoc(tmp_path, dict(args, mode="0640"))
+    assert status == "SUCCESS" and again["changed"] is False
+    signed = (out / "id_auth.b64").read_bytes()
+    # Only the mode differs: check mode says so and touches nothing; the real run changes only the mode.
+    status, planned, _stdout = run_adhoc(tmp_path, dict(args, mode="0600"), "--check")
+    assert status == "CHANGED" and planned["files_written"] == [] and mode(out / "id_block.b64") == 0o640
+    status, changed, _stdout = run_adhoc(tmp_path, dict(args, mode="0600"))
+    assert status == "CHANGED" and changed["files_written"] == [] and changed["keys_created"] == []
+    assert mode(out / "id_block.b64") == 0o600 and mode(out / "id_auth.b64") == 0o600
+    assert (out / "id_auth.b64").read_bytes() == signed  # not re-signed
+    assert mode(tmp_path / "keys-id.pem") == 0o600
+    status, result, _stdout = run_adhoc(tmp_path, dict(args, owner="root", group="root", mode="u=rw,g=,o="))
+    assert status == "SUCCESS" and result["changed"] is False, result
+    status, result, _stdout = run_adhoc(tmp_path, dict(args, owner="no-such-user-here"))
+    assert status == "FAILED" and "chown failed" in result["msg"]
+
+
 def test_adhoc_check_mode_creates_no_keys(tmp_path: Path, args: dict[str, Any]) -> None:
     status, result, _stdout = run_adhoc(tmp_path, args, "--check")
     assert status == "CHANGED"
