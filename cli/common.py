@@ -40,14 +40,16 @@ EXIT_RUNTIME = 3
 EXIT_CODES_HELP = """\
 exit status:
   0  done (valid, identical, written)
-  1  refused or different: verification refused, 'measure diff' found differences, a check
-     failed, the server refused the request (HTTP 4xx), a question answered no
-  2  usage: bad arguments or option values, an input that is not what it must be
-  3  runtime: a file cannot be read or written, a server, KDS or device cannot be reached
-     or fails, an unexpected error
+  1  refused or different: a verification refused, 'measure diff' found
+     differences, a check failed, the server refused (HTTP 4xx), a question
+     was answered no
+  2  usage: bad arguments or option values, an input that is not what it
+     must be, something only the caller can give (--yes, a token, --force)
+  3  runtime: a file cannot be read or written; a server, KDS or the guest
+     device cannot be reached or fails; an unexpected error
 
-With --json, errors are JSON on stdout too: {"error": {"message": ..., "code": ...,
-"field": ...}, "exit_code": N}."""
+With --json, errors are JSON on stdout too: {"error": {"message": ..., "code":
+..., "field": ...}, "exit_code": N}."""
 
 #: ``SnpError.field`` values that name the machine, not the caller's input.
 RUNTIME_FIELDS = frozenset({"kds", "report_source", "configfs", "sev_guest", "server", "database", "kek"})
@@ -129,7 +131,7 @@ def error_document(exc: BaseException, exit_code: int) -> dict[str, Any]:
                 error[key] = value
         error["code"] = getattr(exc, "code", None) or _CODES.get(exit_code, "error")
     elif isinstance(exc, ParseError):
-        error = {"message": exc.message, "code": "usage_error", "usage": exc.parser.format_usage().strip()}
+        error = {"message": exc.message, "code": "usage_error", "command": exc.parser.prog}
     else:
         error = {"message": f"{type(exc).__name__}: {exc}", "code": "unexpected_error"}
     return {"error": error, "exit_code": exit_code}

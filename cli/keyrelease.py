@@ -119,7 +119,8 @@ def _confirm(question: str, assume_yes: bool) -> bool:
         return True
     if not sys.stdin.isatty():
         raise UsageError("refusing without a terminal to confirm on; add --yes", field="yes")
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)  # stderr: stdout may be --json
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 # -- parsers ---------------------------------------------------------------------------------------
@@ -329,6 +330,8 @@ def _login(args: argparse.Namespace) -> int:
                 raise Refused(f"the server presents CA {fingerprint}, not the expected {expected}", field="ca_sha256",
                               code="ca_mismatch")
         elif not _confirm("Trust this CA for this server?", args.yes):
+            if args.json:
+                raise Refused("the CA was not trusted; nothing saved", field="ca", code="declined")
             print("not saved", file=out)
             return 1
     ca_file = None
@@ -524,6 +527,8 @@ def _image_delete(args: argparse.Namespace) -> int:
     image = client.resolve_image(args.image)
     if not _confirm(f"Delete image {image['name']} ({image['id']}) and its volume key? VMs of this image will "
                     "no longer unlock.", args.yes):
+        if args.json:
+            raise Refused("not confirmed; nothing deleted", field="yes", code="declined")
         print("not deleted")
         return 1
     out = client.delete_image(image["id"])

@@ -16,7 +16,7 @@ from ..plugins.module_utils.snp.errors import SnpError
 from ..plugins.module_utils.snp.measure import Mode
 from ..plugins.module_utils.snp.measure_explain import diff_launches, render_explain
 from ..plugins.module_utils.snp.vcpu_types import CPU_SIGNATURES
-from .common import add_json, examples, readable
+from .common import Refused, add_json, examples, readable
 
 # sev-snp-measure's names for the modes, used by its --verbose line.
 _VERBOSE_NAMES = {Mode.SEV: "SEV", Mode.SEV_ES: "SEV_ES", Mode.SNP: "SEV_SNP", Mode.SNP_SVSM: "SEV_SNP_SVSM"}
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     if config.mode in (Mode.SNP, Mode.SEV_ES, Mode.SNP_SVSM) and args.vcpus is None:
         raise SnpError(f"missing --vcpus N in guest mode '{config.mode.value}'", field="--vcpus")
     result = measure(config)
-    checked = cross_check(config, result) if args.cross_check else None
+    checked = _cross_check(config, result) if args.cross_check else None
     if args.dump_vmsa and config.mode is not Mode.SNP_OVMF_HASH:
         _dump_vmsas(result)
     if args.json:
@@ -137,6 +137,16 @@ def _run(args: argparse.Namespace) -> int:
             text = f"Calculated {_VERBOSE_NAMES[config.mode]} guest measurement: {text}"
         print(text if len(result.digests) == 1 else f"vcpus={count} {text}")
     return 0
+
+
+def _cross_check(config: Any, result: Any) -> dict[str, str]:
+    """``cross_check``, with a disagreement as a failed check (exit 1) rather than bad input."""
+    try:
+        return cross_check(config, result)
+    except SnpError as exc:
+        if exc.field == "cross_check" and "disagrees" in exc.message:
+            raise Refused(exc.message, field="cross_check", code="cross_check_failed") from exc
+        raise
 
 
 def _dump_vmsas(result: Any) -> None:

@@ -16,6 +16,7 @@ import argparse
 import os
 import stat
 import sys
+import textwrap
 from typing import Any
 
 from ..plugins.module_utils.attestation.simulator_store import load_simulated_amdsp, save_simulated_amdsp
@@ -130,7 +131,7 @@ def _print(doc: dict[str, Any], heading: str) -> None:
     print(f"  files:        {', '.join(f'{name} {mode}' for name, mode in doc['files'].items())}")
     print(f"  launch.json:  {'present (its fields go into every report)' if doc['launch'] else 'none'}")
     print()
-    print(NOTE)
+    print(textwrap.fill(NOTE, 79))
     print()
     print("Sign reports with it (guest side, test labs):")
     print(f"  snpguard report fetch --simulated-amdsp {directory} --out report.bin --certs-out certs.bin")

@@ -99,7 +99,7 @@ def test_argument_errors_are_json_on_stdout(path: list[str], capsys: pytest.Capt
     assert code == 2 and err == ""
     doc = json.loads(out)
     assert doc["exit_code"] == 2 and doc["error"]["code"] == "usage_error"
-    assert doc["error"]["usage"].startswith("usage: snpguard " + " ".join(path))
+    assert doc["error"]["command"] == " ".join(["snpguard", *path])  # the subcommand, not the top level
 
 
 @pytest.mark.parametrize("path", JSON_COMMANDS, ids=" ".join)

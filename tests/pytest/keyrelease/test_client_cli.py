@@ -153,6 +153,29 @@ def test_login_prompts_for_the_token_on_a_terminal(server: ServerProcess, token:
     assert json.loads(user.config.read_text())["token"] == token
 
 
+def test_login_declined_on_a_terminal(server: ServerProcess, token: str, tmp_path: Path) -> None:
+    """Answering no is a refusal (exit 1); the question goes to stderr, so --json keeps stdout one document."""
+    user = Cli(tmp_path)
+    for extra in ((), ("--json",)):
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(snpguard_cmd("config", "login", "--url", server.base, *extra), stdin=slave,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**user.env, "SNPGUARD_TOKEN": token})
+            os.write(master, b"n\n")
+            out, err = proc.communicate(timeout=60)
+        finally:
+            os.close(master)
+            os.close(slave)
+        assert proc.returncode == 1, (out, err)
+        assert "Trust this CA for this server? [y/N]" in err and not user.config.exists()
+        if extra:
+            doc = json.loads(out)
+            assert doc["exit_code"] == 1 and doc["error"]["code"] == "declined"
+        else:
+            assert "not saved" in out
+
+
 def test_login_without_a_terminal_needs_yes(server: ServerProcess, token: str, tmp_path: Path) -> None:
     user = Cli(tmp_path)
     proc = user.run("config", "login", "--url", server.base, "--token", token, ok=False)

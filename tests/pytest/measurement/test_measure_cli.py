@@ -382,6 +382,18 @@ def test_cross_check(fx: Path, payload, capsys) -> None:
 
 
 @pytest.mark.oracle
+def test_cross_check_disagreement_exits_1(fx: Path, payload, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sevsnpmeasure import guest  # type: ignore[import-not-found]
+
+    monkeypatch.setattr(guest, "calc_launch_digest", lambda *args, **kwargs: bytes(48))
+    code, out, err = run(snp_args(fx, payload, "--vcpus", "1", "--cross-check"), capsys)
+    assert code == 1 and out == "" and "sev-snp-measure disagrees for 1 vCPU(s)" in err
+    code, out, err = run(snp_args(fx, payload, "--vcpus", "1", "--cross-check", "--json"), capsys)
+    doc = json.loads(out)
+    assert code == 1 and doc["exit_code"] == 1 and doc["error"]["code"] == "cross_check_failed"
+
+
+@pytest.mark.oracle
 def test_cross_check_refuses_legacy(fx: Path, capsys) -> None:
     code, _out, err = run(["--mode", "snp", "--vcpus", "1", "--vmm-type", "ec2", "--ec2-vmsa", "legacy", "--ovmf",
                           str(fx / "ovmf_AmdSev_suffix.bin"), "--cross-check"], capsys)
