@@ -140,7 +140,8 @@ def test_wheel_declares_the_snpguard_console_script(wheel: zipfile.ZipFile) -> N
 def test_galaxy_tarball_has_the_collection(galaxy_tarball: tarfile.TarFile) -> None:
     names = set(galaxy_tarball.getnames())
     for member in ("MANIFEST.json", "FILES.json", "meta/runtime.yml", "plugins/modules/snp_measure.py",
-                   "roles/server/tasks/main.yml", "LICENSE", *ROLE_NEEDS):
+                   "roles/server/tasks/main.yml", "LICENSE", *ROLE_NEEDS,
+                   "meta/execution-environment.yml", "requirements-ee.txt", "bindep.txt"):
         assert member in names
 
 
