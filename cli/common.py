@@ -6,12 +6,13 @@ Exit codes (``snpguard --help`` and the CLI guide list them):
 
 * 0 — done; the report is valid, the launches are the same.
 * 1 — refused or different: a verification refused, ``measure diff`` found differences,
-  a check failed, the key-release server refused the request (HTTP 4xx), a question was
-  answered no.
+  a check failed, the key-release server refused the request (HTTP 4xx other than 408 and 429),
+  a question was answered no.
 * 2 — usage: bad arguments (argparse), a value or an input file that is not what it must
   be, something missing that only the caller can give (``--yes``, a token, ``--force``).
 * 3 — runtime: a file that cannot be read or written, a server, KDS or guest device that
-  cannot be reached or fails, any unexpected error.
+  cannot be reached, fails (HTTP 5xx) or is busy (408, 429), any unexpected error.
+* 130 — interrupted (Ctrl-C).
 
 With ``--json``, stdout carries exactly one JSON document even on errors:
 ``{"error": {"message", "code", "field"?, "path"?, ...}, "exit_code": N}``; human mode
@@ -114,7 +115,8 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, SnpError):
         status = getattr(exc, "status", "absent")  # ApiError: None when the server was unreachable
         if status != "absent":
-            return EXIT_REFUSED if isinstance(status, int) and 400 <= status < 500 else EXIT_RUNTIME
+            refused = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)  # not "busy"
+            return EXIT_REFUSED if refused else EXIT_RUNTIME
         if exc.field in RUNTIME_FIELDS or _caused_by_os_error(exc):
             return EXIT_RUNTIME
         return EXIT_USAGE

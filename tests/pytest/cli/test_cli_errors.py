@@ -23,7 +23,10 @@ import pytest
 
 from ansible_collections.snpguard.cvm.cli import main as cli_main
 from ansible_collections.snpguard.cvm.cli import measure as cli_measure
+from ansible_collections.snpguard.cvm.cli.common import Refused, RuntimeFailure, UsageError, exit_code_for
 from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
+from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.admin_client import ApiError
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Product
 
@@ -63,6 +66,35 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     cwd=work)
     assert proc.returncode == 0, proc.stderr
     return work
+
+
+# -- the classification itself ----------------------------------------------------------------------------------
+
+
+def _caused(exc: SnpError, cause: BaseException) -> SnpError:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (Refused("no"), 1),
+    (ApiError("GET /images: 401 token_invalid", status=401), 1),
+    (ApiError("POST /images: 409 image_exists", status=409), 1),
+    (ApiError("GET /images: 429 rate_limited", status=429), 3),
+    (ApiError("GET /images: 503", status=503), 3),
+    (ApiError("cannot reach https://x/v1: refused", field="url"), 3),
+    (SnpError("is not hex", field="--report-data"), 2),
+    (UsageError("add --yes", field="yes"), 2),
+    (_caused(SnpError("cannot read file: No such file or directory", field="report", path="r.bin"),
+             FileNotFoundError(2, "No such file or directory")), 3),
+    (SnpError("not JSON", field="A.json", path="a.json"), 2),
+    (SnpError("cannot reach KDS", field="kds"), 3),
+    (SnpError("this is not an SEV-SNP guest", field="report_source"), 3),
+    (RuntimeFailure("broken"), 3),
+    (ValueError("unexpected"), 3),
+])
+def test_exit_code_for(exc: BaseException, code: int) -> None:
+    assert exit_code_for(exc) == code
 
 
 # -- argument errors in --json mode, for every command that has --json ---------------------------------------------
@@ -212,3 +244,12 @@ def test_json_errors_keep_stdout_a_single_document(tmp_path: Path) -> None:
     proc = snpguard("config", "login", "--url", url, "--yes", "--json", cwd=tmp_path,
                     env={"SNPGUARD_TOKEN": "sgt_0123456789abcdef_" + "A" * 43})
     json_error(proc, 3)
+
+
+def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_measure, "_run", interrupted)
+    assert cli_main.main(["measure", "--ovmf", "x.fd", "--vcpus", "1"]) == 130
+    assert capsys.readouterr().err == "snpguard measure: interrupted\n"
