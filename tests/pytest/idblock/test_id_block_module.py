@@ -105,7 +105,10 @@ def test_adhoc_check_mode_and_diff(tmp_path: Path, args: dict[str, Any]) -> None
 
 def test_adhoc_file_options_apply_to_the_blocks_not_the_keys(tmp_path: Path, args: dict[str, Any]) -> None:
     out = tmp_path / "out"
-    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
     status, _first, _stdout = run_adhoc(tmp_path, dict(args, mode="0640"))
     assert status == "CHANGED"
     assert mode(out / "id_block.b64") == 0o640 and mode(out / "id_auth.b64") == 0o640

@@ -8,7 +8,7 @@
 * ``token_file`` takes ``mode``/``owner``/``group``: a changed mode alone is a change (and
   check mode says so without touching the file), the token itself stays.
 
-Playbooks run as in test_client_modules.py (its ``run_playbook`` and ``variables``).
+Playbooks run as in test_client_modules.py (its ``run_playbook``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 from servers import ServerProcess
-from test_client_modules import run_playbook, variables  # noqa: F401  (variables is a fixture)
+from test_client_modules import run_playbook
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.admin_client import KeyReleaseClient
+
+
+@pytest.fixture(scope="module")
+def variables(server: ServerProcess) -> dict[str, Any]:
+    return {"url": server.base, "ca_file": str(server.data_dir / "tls" / "ca.pem"),
+            "master_password": server.master_password(), "api_token": server.mint_token("group-and-file-tests")}
+
 
 GROUP_TASKS = """
     - name: The key-release modules with the group's defaults only
@@ -72,7 +80,7 @@ GROUP_TASKS = """
 """
 
 
-def test_keyrelease_action_group_in_module_defaults(server: ServerProcess, variables: dict[str, Any],  # noqa: F811
+def test_keyrelease_action_group_in_module_defaults(server: ServerProcess, variables: dict[str, Any],
                                                     tmp_path: Path) -> None:
     (tmp_path / "volume.key").write_bytes(bytes(range(32)))
     rc, output, recap = run_playbook(tmp_path, GROUP_TASKS, dict(variables, work=str(tmp_path)))
@@ -122,7 +130,7 @@ FILE_TASKS = """
 """
 
 
-def test_token_file_takes_the_file_options(variables: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_token_file_takes_the_file_options(variables: dict[str, Any], tmp_path: Path) -> None:
     rc, output, recap = run_playbook(tmp_path, FILE_TASKS, dict(variables, work=str(tmp_path)),
                                      env={"ANSIBLE_DUPLICATE_YAML_DICT_KEY": "ignore"})
     assert rc == 0, output

@@ -118,7 +118,7 @@ def _converge_twice(ansible_bin: Path, tmp: Path, inventory: Path, collection: P
 
 
 def test_role_from_the_pip_installed_collection(make_venv: Callable[[str], Venv], wheel_path: Path,
-                                               tmp_path: Path) -> None:
+                                                tmp_path: Path) -> None:
     venv = make_venv("ansible-extra")
     venv.pip_install(f"{wheel_path}[ansible]")
     site = venv.run(venv.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()

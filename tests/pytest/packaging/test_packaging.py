@@ -101,7 +101,7 @@ def test_wheel_depends_on_cryptography_alone_and_declares_the_extras(wheel: zipf
 def test_requirements_server_is_the_server_and_postgresql_extras(wheel: zipfile.ZipFile) -> None:
     """requirements-server.txt = cryptography + extras server + postgresql, same specifiers (kept in step)."""
     metadata = _metadata(wheel)
-    declared = {str(Requirement(r)).split(";")[0].strip() for r in metadata.get_all("Requires-Dist")
+    declared = {str(Requirement(r)).split(";", maxsplit=1)[0].strip() for r in metadata.get_all("Requires-Dist")
                 if "ansible" not in r}
     listed = set()
     for line in (REPO / "requirements-server.txt").read_text().splitlines():
@@ -115,7 +115,7 @@ def test_constraints_pin_every_server_requirement(wheel: zipfile.ZipFile) -> Non
     pins = {}
     for line in (REPO / "constraints-server.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
+            name, _sep, version = line.partition("==")
             assert version, f"not an exact pin: {line!r}"
             pins[name.strip().lower()] = version.strip()
     for line in (REPO / "requirements-server.txt").read_text().splitlines():
