@@ -106,6 +106,7 @@ def test_server_extra_has_no_postgresql_driver_and_no_ansible(server_venv: Venv)
         assert server_venv.can_import(module), module
     assert not server_venv.can_import("psycopg")
     assert not server_venv.can_import("ansible")
+    assert not server_venv.can_import("passlib")  # server/passwords.py uses hashlib
 
 
 def test_server_extra_installs_the_pinned_versions(server_venv: Venv) -> None:
