@@ -141,10 +141,10 @@ def test_adhoc_check_mode_creates_no_keys(tmp_path: Path, args: dict[str, Any]) 
     ("overrides", "field", "needle"),
     [
         ({"generate_keys": False}, "id_key", "generate_keys"),
-        ({"measurement": "abcd"}, "measurement", "96 hex characters"),
+        ({"measurement": "abcd"}, "measurement", "96 hex digits"),
         ({"policy": "0x10000"}, "policy", "bit 17"),
         ({"policy": {"debgu": True}}, "policy.debgu", "debgu"),
-        ({"image_id": "xyz"}, "image_id", "32 hex characters"),
+        ({"image_id": "xyz"}, "image_id", "32 hex digits"),
     ],
 )
 def test_adhoc_failure_names_the_field(

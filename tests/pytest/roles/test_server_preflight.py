@@ -34,7 +34,7 @@ def preflight(tmp: Path, variables: dict[str, Any]) -> subprocess.CompletedProce
         ({"snpguard_server_workers": "many"}, "snpguard_server_workers must be a positive integer or 'auto'"),
         ({"snpguard_server_listen": "8443"}, "snpguard_server_listen must be HOST:PORT, got 8443"),
         ({"snpguard_server_tls_cert": "/etc/c.pem"}, "give both snpguard_server_tls_cert and snpguard_server_tls_key"),
-        ({"snpguard_server_source": "/nonexistent"}, "must be a checkout or source tree of snpguard.cvm"),
+        ({"snpguard_server_source": "/nonexistent"}, "must be a checkout of snpguard.cvm or an installed copy"),
         ({"snpguard_server_service_manager": "systemd"}, "systemd is not PID 1 on this host"),
     ],
     ids=["workers-0", "workers-word", "listen", "tls-half", "source", "systemd-absent"],
