@@ -103,5 +103,3 @@ def hot_batch(conn: Connection, calls: list[tuple[HotSql, dict[str, Any]]]) -> l
     finally:
         for cursor in cursors:
             cursor.close()
-
-

@@ -104,7 +104,8 @@ def parse_launch(doc: Mapping[str, Any] | None, *, field_name: str = "launch") -
             raise SnpError("must map vCPU counts to hex digests", field=f"{field_name}.measurements")
         for key, value in doc["measurements"].items():
             digest = parse_hex(value, f"{field_name}.measurements.{key}", size=48)
-            assert digest is not None
+            if digest is None:
+                raise SnpError("is empty", field=f"{field_name}.measurements.{key}")
             facts.measurements[_vcpu_count(key, f"{field_name}.measurements")] = digest.hex()
     if doc.get("host_data") is not None:
         data = parse_hex(doc["host_data"], f"{field_name}.host_data", size=32)

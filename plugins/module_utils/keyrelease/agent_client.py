@@ -31,7 +31,7 @@ from ..snp.errors import SnpError
 from .protocol import AgentSession
 
 #: What the agent asks of the platform: REPORT_DATA in, (report, certificate table or None) out.
-ReportSource = Callable[[bytes], tuple[bytes, bytes | None]]
+ReportSource = Callable[[bytes], "tuple[bytes, bytes | None]"]
 MAX_ANSWER = 1 << 16
 USER_AGENT = "snpguard-agent"
 

@@ -180,7 +180,7 @@ def test_conflicts_name_the_field_and_replace_replaces(client: KeyReleaseClient,
     # A measurement belongs to one image.
     with pytest.raises(ApiError) as info:
         cvm_register.apply(client, {"name": "api-conflict-2", "measurement": m("b1"),
-                                          "volume_key_file": str(key_file)})
+                                    "volume_key_file": str(key_file)})
     assert (info.value.code, info.value.field) == ("measurement_registered", "measurements")
 
 
@@ -190,7 +190,7 @@ def test_server_validation_names_the_field(client: KeyReleaseClient, key_file: P
     assert info.value.status == 400 and info.value.field.startswith("measurements")
     with pytest.raises(SnpError) as info:
         cvm_register.apply(client, {"name": "api-bad", "measurement": m("c1"), "volume_key_file": str(key_file),
-                                          "policy": {"debug": True}})
+                                    "policy": {"debug": True}})
     assert info.value.field == "policy"
     with pytest.raises(SnpError) as info:
         cvm_register.apply(client, {"name": "api-bad", "measurement": m("c1")})
@@ -215,7 +215,7 @@ def test_sealed_key_sources(server: ServerProcess, client: KeyReleaseClient, key
     # Sealed for another image name: the server refuses to open it.
     with pytest.raises(ApiError) as info:
         cvm_register.apply(client, {"name": "api-sealed-other", "measurement": m("d2"),
-                                          "sealed_volume_key": sealed_b64})
+                                    "sealed_volume_key": sealed_b64})
     assert (info.value.status, info.value.field) == (400, "sealed_volume_key")
     with pytest.raises(SnpError, match="plaintext"):
         client.register_image({"name": "x", "volume_key": "secret"})
