@@ -130,28 +130,5 @@ def diff_launches(left: dict[str, object], right: dict[str, object]) -> list[Dif
     for name in ("kernel", "initrd"):
         if (name in a_inputs) != (name in b_inputs):
             found.append(Difference(name, name in a_inputs, name in b_inputs,
-                                    f"one launch has a {name} and the other has none"))
+                                    f"one launch has {'an' if name == 'initrd' else 'a'} {name} and the other has none"))
     return found
-
-
-def render_diff(left: dict[str, object], right: dict[str, object]) -> tuple[str, bool]:
-    """Text for ``snpguard measure diff``; the flag says whether the launches differ."""
-    differences = diff_launches(left, right)
-    a_m, b_m = left.get("measurements", {}), right.get("measurements", {})
-    lines = []
-    if not differences:
-        if a_m == b_m:
-            return "the two launch configurations are identical and measure the same", False
-        lines.append("the inputs are identical but the measurements differ: the two were computed by "
-                     "different tools or versions; recompute both with this one")
-        return "\n".join(lines), True
-    lines.append(f"{len(differences)} input(s) differ:")
-    for item in differences:
-        lines.append(f"- {item.field}: {item.why}")
-        lines.append(f"    a: {item.left}")
-        lines.append(f"    b: {item.right}")
-    if isinstance(a_m, dict) and isinstance(b_m, dict):
-        for count in sorted(set(a_m) & set(b_m), key=int):
-            same = "same" if a_m[count] == b_m[count] else "differ"
-            lines.append(f"measurement for {count} vCPU(s): {same}")
-    return "\n".join(lines), True
