@@ -129,6 +129,7 @@ def diff_launches(left: dict[str, object], right: dict[str, object]) -> list[Dif
             found.append(Difference(key, a_value, b_value, why))
     for name in ("kernel", "initrd"):
         if (name in a_inputs) != (name in b_inputs):
+            article = "an" if name == "initrd" else "a"
             found.append(Difference(name, name in a_inputs, name in b_inputs,
-                                    f"one launch has {'an' if name == 'initrd' else 'a'} {name} and the other has none"))
+                                    f"one launch has {article} {name} and the other has none"))
     return found
