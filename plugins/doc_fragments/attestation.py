@@ -131,6 +131,7 @@ options:
     description:
       - Certificate of a SIMULATED AMD-SP root to trust in addition to AMD's pinned roots. For test environments
         without SEV-SNP hardware only; never set it in production.
+      - The C(ark.pem) of a directory made by C(snpguard sim init DIR).
     type: path
   verification_time:
     description: Verify as of this ISO 8601 time instead of now (for archived reports).

@@ -56,6 +56,7 @@ options:
     description:
       - Directory on the guest of a SIMULATED AMD-SP to sign the report (test labs only). Verification still refuses
         it unless O(simulated_root) is set.
+      - C(snpguard sim init DIR) creates one; pass its C(ark.pem) as O(simulated_root).
     type: path
 seealso:
   - module: snpguard.cvm.snp_guest_report

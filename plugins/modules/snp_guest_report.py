@@ -66,6 +66,7 @@ options:
       - Directory of a SIMULATED AMD-SP (its chain, keys and recorded C(launch.json)) to sign the report instead of
         the hardware. For test labs without SEV-SNP only; verifiers refuse such reports unless its root is trusted
         explicitly.
+      - C(snpguard sim init DIR) creates such a directory; its C(ark.pem) is the root to trust.
     type: path
 """
 
