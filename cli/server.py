@@ -183,16 +183,13 @@ def _duration(text: str) -> int:
 
 def _rotate_kek(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from ..server.engine import make_engine
+    from ..server.engine import short_engine
     from ..server.keys import rotate_kek
     from ..server.state import secure_data_dir
 
     secure_data_dir(settings)
-    engine = make_engine(settings.database_url, pool_size=1)
-    try:
+    with short_engine(settings.database_url) as engine:
         count = rotate_kek(engine, settings.kek_path)
-    finally:
-        engine.dispose()
     print(f"snpguard server: {count} stored keys re-wrapped under a new KEK; {settings.kek_path} replaced "
           "(copy it to every replica on another host)")
     return 0
@@ -202,16 +199,13 @@ def _rotate_ingestion(args: argparse.Namespace) -> int:
     settings = _settings(args)
     import base64
 
-    from ..server.engine import make_engine
+    from ..server.engine import short_engine
     from ..server.kek import load_or_create_kek
     from ..server.keys import rotate_ingestion_key
 
-    engine = make_engine(settings.database_url, pool_size=1)
-    try:
+    with short_engine(settings.database_url) as engine:
         new, old, until = rotate_ingestion_key(engine, load_or_create_kek(settings.kek_path, create=False),
                                                args.grace)
-    finally:
-        engine.dispose()
     ends = datetime.fromtimestamp(until / 1000, UTC).isoformat().replace("+00:00", "Z")
     print(f"snpguard server: ingestion key {base64.b64encode(new).decode()} is current; "
           f"{base64.b64encode(old).decode()} is accepted until {ends}")

@@ -64,6 +64,16 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800)
 
 
+@contextlib.contextmanager
+def short_engine(url: str) -> Iterator[Engine]:
+    """A one-connection engine for a command that runs once (init, rotation, backup), disposed after."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 class SqliteWriteLock:
     """Serialises SQLite writers: a thread lock in this process, an flock across processes.
 

@@ -21,7 +21,7 @@ from ..plugins.module_utils.keyrelease.protocol import wipe
 from ..plugins.module_utils.snp.errors import SnpError
 from . import auth, kek, keys, tokens
 from .config import CONFIG_NAME, Settings
-from .engine import make_engine, write_tx
+from .engine import make_engine, short_engine, write_tx
 from .tables import init_lock, migrate
 
 
@@ -96,16 +96,12 @@ def store_opens_ingestion(conn: Connection, settings: Settings) -> None:
 def reset_master_password(settings: Settings) -> str:
     """A new random master password (hash stored, dashboard sessions ended); returned to print once."""
     secure_data_dir(settings)
-    engine = make_engine(settings.database_url, pool_size=1)
-    try:
-        with init_lock(engine, settings.data_dir):
-            migrate(engine)
-            password = auth.generate_master_password()
-            with write_tx(engine) as conn:
-                auth.set_master_password(conn, password)
-        return password
-    finally:
-        engine.dispose()
+    with short_engine(settings.database_url) as engine, init_lock(engine, settings.data_dir):
+        migrate(engine)
+        password = auth.generate_master_password()
+        with write_tx(engine) as conn:
+            auth.set_master_password(conn, password)
+    return password
 
 
 def create_token_offline(settings: Settings, name: str, expires_at_ms: int | None,
@@ -114,16 +110,13 @@ def create_token_offline(settings: Settings, name: str, expires_at_ms: int | Non
     from sqlalchemy.exc import DBAPIError
 
     secure_data_dir(settings)
-    engine = make_engine(settings.database_url, pool_size=1)
     try:
-        with write_tx(engine) as conn:
+        with short_engine(settings.database_url) as engine, write_tx(engine) as conn:
             made = tokens.mint(conn, tokens.MASTER, name, expires_at_ms, scope)
         return made["id"], made["token"]
     except DBAPIError as exc:
         raise SnpError(f"cannot write the token (is the server initialised?): {type(exc.orig).__name__}",
                        field="database") from exc
-    finally:
-        engine.dispose()
 
 
 def write_config(settings: Settings, values: dict[str, object]) -> str:
