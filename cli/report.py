@@ -16,6 +16,7 @@ from ..plugins.module_utils.attestation.report_sources import get_report
 from ..plugins.module_utils.attestation.snp_report_verify import verify_from_options
 from ..plugins.module_utils.common.fileio import atomic_write, read_file
 from ..plugins.module_utils.snp.errors import SnpError
+from ..plugins.module_utils.snp.options import parse_int
 from ..plugins.module_utils.snp.policy import GuestPolicy
 from ..plugins.module_utils.snp.report import REPORT_SIZE, parse_report
 from ..plugins.module_utils.snp.tcb import Product
@@ -167,10 +168,10 @@ def _pairs(values: list[str] | None, option: str, cast: Any) -> dict[str, Any]:
                 raise SnpError(f"{item!r}: {value!r} is not a boolean", field=option)
             out[name.strip()] = lowered in ("1", "true", "yes", "on")
         else:
-            try:
-                out[name.strip()] = int(value, 0)
-            except ValueError:
-                raise SnpError(f"{item!r}: {value!r} is not an integer", field=option) from None
+            number = parse_int(value, f"{option}.{name.strip()}")
+            if number is None:
+                raise SnpError(f"{item!r}: no value", field=option)
+            out[name.strip()] = number
     return out
 
 

@@ -206,7 +206,7 @@ def test_verify_json(reports: dict[str, dict[str, Any]], tmp_path: Path) -> None
     [
         (["--policy", "smt"], "--policy: 'smt' is not NAME=VALUE"),
         (["--policy", "smt=maybe"], "--policy: 'smt=maybe': 'maybe' is not a boolean"),
-        (["--min-tcb", "snp=lots"], "--min-tcb: 'snp=lots': 'lots' is not an integer"),
+        (["--min-tcb", "snp=lots"], "--min-tcb.snp: expected an integer (decimal or 0x-hex), got 'lots'"),
         (["--platform", "smt_enabled"], "--platform: 'smt_enabled' is not NAME=VALUE"),
         (["--measurement", "xyz"], "expect.measurements: is not hexadecimal: 'xyz'"),
         (["--policy", "smtx=1"], "expect.policy: unknown policy constraint 'smtx'"),
