@@ -15,6 +15,8 @@ Output, in ${SNPGUARD_ARTIFACTS:-${XDG_CACHE_HOME:-$HOME/.cache}/snpguard/artifa
   OVMF.fd         sid ovmf (or ovmf-generic, where sid now ships the plain OvmfX64 build)
   vmlinuz         bookworm debian-installer-12-netboot-amd64: the installer's kernel
   initrd.img      the same package's matching initrd.gz (text installer)
+  vmlinuz-trixie  trixie linux-image-amd64's kernel (the launcher's tests boot it with small initrds)
+  busybox         trixie busybox-static (the userland of those initrds)
   manifest.json   sha256, size, package, version, suite and source of each file
 
 Idempotent: a file whose size and sha256 match the manifest is kept; only the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import fnmatch
 import glob
 import hashlib
 import json
@@ -57,6 +60,10 @@ ARTIFACTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "OVMF.fd": ("sid", [("ovmf", "usr/share/ovmf/OVMF.fd"), ("ovmf-generic", "usr/share/ovmf/OVMF.fd")]),
     "vmlinuz": ("bookworm", [("debian-installer-12-netboot-amd64", f"{_DI}/linux")]),
     "initrd.img": ("bookworm", [("debian-installer-12-netboot-amd64", f"{_DI}/initrd.gz")]),
+    # Debian 13's kernel (virtio console, PCI and devtmpfs built in) and a static busybox: the small
+    # initrds of the launcher's tests.  "@pkg" is a metapackage: its first dependency is downloaded.
+    "vmlinuz-trixie": ("trixie", [("@linux-image-amd64", "boot/vmlinuz-*")]),
+    "busybox": ("trixie", [("busybox-static", "usr/bin/busybox")]),
 }
 
 
@@ -200,6 +207,16 @@ class Apt:
         say(f"apt-get update ({', '.join(self.suites)} from {self.mirror}; private state in {self.root})")
         self.run("update")
 
+    def first_dependency(self, package: str, suite: str) -> str:
+        """The first package a metapackage depends on (e.g. linux-image-amd64 -> linux-image-6.12.…-amd64)."""
+        argv = ["apt-cache", *self.options, "show", f"{package}/{suite}"]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        for line in result.stdout.splitlines():
+            if line.startswith("Depends:"):
+                return line.split(":", 1)[1].split(",")[0].split("(")[0].split("|")[0].strip()
+        die(f"apt-cache show {package}/{suite} names no dependency (exit {result.returncode}): {result.stderr}")
+        raise AssertionError  # (die exits)
+
     def download(self, package: str, suite: str) -> Path:
         debs = self.root / "debs"
         for old in debs.glob(f"{package}_*.deb"):
@@ -233,22 +250,23 @@ def deb_fields(deb: Path) -> dict[str, str]:
 
 def extract(deb: Path, members: dict[str, Path]) -> dict[str, Path]:
     """Extract the wanted regular files (path in package -> temp file) with dpkg-deb."""
-    wanted = {m.lstrip("./"): dest for m, dest in members.items()}
+    wanted = {m.lstrip("./"): dest for m, dest in members.items()}  # (names, or fnmatch patterns)
     done: dict[str, Path] = {}
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for info in tar:
                 name = info.name.lstrip("./")
-                if name not in wanted:
+                pattern = next((p for p in wanted if p == name or fnmatch.fnmatchcase(name, p)), None)
+                if pattern is None or pattern in done:
                     continue
                 if not info.isfile():
                     die(f"{deb.name}: {name} is not a regular file")
                 source = tar.extractfile(info)
                 assert source is not None
-                with wanted[name].open("wb") as out:
+                with wanted[pattern].open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
-                done[name] = wanted[name]
+                done[pattern] = wanted[pattern]
         # Read to the end (no early break): dpkg-deb reports a broken pipe as an error.
     if proc.returncode != 0:
         die(f"dpkg-deb --fsys-tarfile {deb.name} failed (exit {proc.returncode})")
@@ -334,8 +352,9 @@ def main() -> int:
                 users = {
                     n: c[0][1] for n, c in pending.items() if c and c[0][0] == package and ARTIFACTS[n][0] == suite
                 }
-                say(f"apt-get download {package}/{suite}")
-                deb = apt.download(package, suite)
+                real = apt.first_dependency(package[1:], suite) if package.startswith("@") else package
+                say(f"apt-get download {real}/{suite}" + (f" (for {package[1:]})" if real != package else ""))
+                deb = apt.download(real, suite)
                 fields = deb_fields(deb)
                 got = extract(deb, {member: tmp / n for n, member in users.items()})
                 deb_sha = sha256_of(deb)
@@ -359,7 +378,7 @@ def main() -> int:
                         "deb": deb.name,
                         "deb_sha256": deb_sha,
                     }
-                    if n == "vmlinuz" and (kver := kernel_version(target)):
+                    if n.startswith("vmlinuz") and (kver := kernel_version(target)):
                         entry["kernel_version"] = kver
                         if m := re.search(r" Debian (\S+) ", kver):
                             entry["kernel_source"], entry["kernel_source_version"] = "linux", m.group(1)

@@ -191,12 +191,75 @@ def via_simulator(report_data: bytes, vmpl: int, directory: str) -> GuestReport:
     return GuestReport(report, certs, "simulated-amdsp")
 
 
+#: The virtio-serial port through which a simulated launch's host-side AMD-SP answers (qemu/argv.py).
+CHANNEL_NAME = "org.snpguard.amdsp.0"
+VIRTIO_PORTS = "/sys/class/virtio-ports"
+
+
+def find_channel(name: str = CHANNEL_NAME, sysfs: str = VIRTIO_PORTS, dev: str = "/dev") -> str:
+    """The device of the virtio-serial port called ``name`` (no udev needed: sysfs names it)."""
+    try:
+        ports = sorted(os.listdir(sysfs))
+    except OSError:
+        ports = []
+    for port in ports:
+        try:
+            with open(os.path.join(sysfs, port, "name"), encoding="ascii") as handle:
+                if handle.read().strip() == name:
+                    return os.path.join(dev, port)
+        except (OSError, UnicodeDecodeError):
+            continue
+    raise SnpError(f"no virtio-serial port named {name} (is this a simulated launch?)", field="report_source",
+                   path=sysfs)
+
+
+def via_channel(report_data: bytes, vmpl: int = 0, port: str | None = None) -> GuestReport:
+    """A report from the host's simulated AMD-SP over its virtio-serial port (``REPORT hex vmpl`` → ``OK b64 b64``).
+
+    Selected only when configured: a simulated launch's reports are trusted by a verifier
+    only when it is told the simulated root explicitly.
+    """
+    import base64
+    import binascii
+
+    _check_request(report_data, vmpl)
+    device = port or find_channel()
+    fd = os.open(device, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, f"REPORT {report_data.hex()} {vmpl}\n".encode())
+        answer = b""
+        while not answer.endswith(b"\n") and len(answer) < 1 << 16:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        os.close(fd)
+    parts = answer.strip().split()
+    if not parts or parts[0] != b"OK" or len(parts) != 3:
+        raise SnpError(f"the simulated AMD-SP refused: {answer.strip()[:200].decode(errors='replace')}",
+                       field="report_source", path=device)
+    try:
+        report, certs = base64.b64decode(parts[1], validate=True), base64.b64decode(parts[2], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SnpError("the simulated AMD-SP's answer is not base64", field="report_source", path=device) from exc
+    if len(report) != REPORT_SIZE:
+        raise SnpError(f"the simulated AMD-SP sent {len(report)} bytes, not a report", field="report_source")
+    return GuestReport(report, certs or None, "simulated-channel")
+
+
 def get_report(report_data: bytes, vmpl: int = 0, *, want_certs: bool = True, tsm_root: str = TSM_ROOT,
-               device: str = SEV_GUEST_DEVICE, simulated_amdsp: str | None = None) -> GuestReport:
+               device: str = SEV_GUEST_DEVICE, simulated_amdsp: str | None = None,
+               channel: str | None = None) -> GuestReport:
     """A report from configfs-tsm when the kernel has it, else from /dev/sev-guest.
 
-    ``simulated_amdsp`` (explicit only) uses a simulated AMD-SP directory instead.
+    ``simulated_amdsp`` (explicit only) uses a simulated AMD-SP directory instead;
+    ``channel`` (explicit only: a port device, or "auto" to find it by name) the host's
+    simulated AMD-SP of a simulated launch.
     """
+    if channel:
+        answer = via_channel(report_data, vmpl, None if channel == "auto" else channel)
+        return answer if want_certs else GuestReport(answer.report, None, answer.source)
     if simulated_amdsp:
         simulated = via_simulator(report_data, vmpl, simulated_amdsp)
         return simulated if want_certs else GuestReport(simulated.report, None, simulated.source)
