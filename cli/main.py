@@ -13,11 +13,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import id_block, keyrelease, measure, report, server, sim
+from . import id_block, keyrelease, measure, report, server, sim, vm
 from .common import EXIT_CODES_HELP, EXIT_OK, ParseError, Parser, examples, report_error, wants_json
 from .version import VersionAction
 
-SUBCOMMANDS = (measure, id_block, report, server, keyrelease, sim)
+SUBCOMMANDS = (measure, id_block, report, server, keyrelease, sim, vm)
 
 
 def build_parser() -> Parser:

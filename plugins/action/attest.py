@@ -31,6 +31,7 @@ ARGSPEC: dict[str, dict[str, Any]] = {
     "guest_vmpl": {"type": "int", "default": 0},
     "report_dest": {"type": "path"},
     "guest_simulated_amdsp": {"type": "path"},
+    "guest_simulated_channel": {"type": "str"},
 }
 
 
@@ -50,12 +51,14 @@ class ActionModule(ActionBase):
         guest = self._execute_module(
             module_name="snpguard.cvm.snp_guest_report",
             module_args={"report_data": report_data.hex(), "vmpl": args["guest_vmpl"], "certificates": True,
-                         "simulated_amdsp": args.get("guest_simulated_amdsp")},
+                         "simulated_amdsp": args.get("guest_simulated_amdsp"),
+                         "simulated_channel": args.get("guest_simulated_channel")},
             task_vars=task_vars,
         )
         if guest.get("failed"):
             raise AnsibleActionFail(f"the guest could not produce a report: {guest.get('msg')}", result=guest)
         args.pop("guest_simulated_amdsp", None)
+        args.pop("guest_simulated_channel", None)
         options = dict(args, report_b64=guest["report_b64"], certs_b64=guest.get("certs_b64"),
                        report_data=report_data.hex())
         try:

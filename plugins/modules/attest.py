@@ -58,6 +58,11 @@ options:
         it unless O(simulated_root) is set.
       - C(snpguard sim init DIR) creates one; pass its C(ark.pem) as O(simulated_root).
     type: path
+  guest_simulated_channel:
+    description:
+      - In a guest of a simulated launch, ask the host's simulated AMD-SP over its virtio-serial port (V(auto), or
+        the port's device); see M(snpguard.cvm.snp_guest_report).
+    type: str
 seealso:
   - module: snpguard.cvm.snp_guest_report
   - module: snpguard.cvm.snp_report_verify

@@ -68,6 +68,13 @@ options:
         explicitly.
       - C(snpguard sim init DIR) creates such a directory; its C(ark.pem) is the root to trust.
     type: path
+  simulated_channel:
+    description:
+      - In a guest of a simulated launch (M(snpguard.cvm.snp_vm) with O(snpguard.cvm.snp_vm#module:simulate=true)),
+        ask the host's simulated AMD-SP over its virtio-serial port - V(auto) finds the port named
+        C(org.snpguard.amdsp.0), or give its device (C(/dev/vport0p1)).
+      - The guest holds no key; the host signs with the simulated chain, which verifiers trust only when told.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -124,7 +131,9 @@ def main() -> None:
             "certificates": {"type": "bool", "default": True},
             "dest": {"type": "path"},
             "simulated_amdsp": {"type": "path"},
+            "simulated_channel": {"type": "str"},
         },
+        mutually_exclusive=[("simulated_amdsp", "simulated_channel")],
         add_file_common_args=True,
         supports_check_mode=True,
     )
@@ -135,7 +144,8 @@ def main() -> None:
         except (binascii.Error, ValueError) as exc:
             raise SnpError("must be 128 hex digits", field="report_data") from exc
         got = get_report(data, module.params["vmpl"], want_certs=module.params["certificates"],
-                         simulated_amdsp=module.params["simulated_amdsp"])
+                         simulated_amdsp=module.params["simulated_amdsp"],
+                         channel=module.params["simulated_channel"])
         result: dict[str, object] = {"changed": False, "source": got.source,
                                      "report_b64": base64.b64encode(got.report).decode()}
         if got.certs:

@@ -102,6 +102,8 @@ class VmConfig:
     def digest(self) -> str:
         """SHA-256 of the whole configuration, file contents included (what 'same VM' means)."""
         doc = asdict(self)
+        for where in ("kernel", "initrd"):  # by content (launch_facts), not where a bundle was unpacked
+            doc.pop(where)
         doc["host_data"] = self.host_data.hex() if self.host_data else None
         doc["launch"] = self.launch_facts()
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -152,7 +154,7 @@ def bundle_host_data(files: dict[str, bytes]) -> bytes:
 
 
 def from_bundle(bundle_path: str, *, name: str, state_dir: str, firmware: str, vcpus: int | None = None,
-                **host: Any) -> VmConfig:
+                unpack_dir: str | None = None, **host: Any) -> VmConfig:
     """A configuration from a launch-artifacts bundle: its files are unpacked into ``state_dir/bundle``.
 
     The firmware given must be the one the bundle names (its SHA-384), or the launch would
@@ -175,7 +177,7 @@ def from_bundle(bundle_path: str, *, name: str, state_dir: str, firmware: str, v
     count = vcpus or (facts.vcpus[0] if facts.vcpus else 1)
     if facts.vcpus and count not in facts.vcpus:
         raise SnpError(f"the bundle was measured for {facts.vcpus} vCPUs, not {count}", field="vcpus")
-    unpacked = os.path.join(state_dir, "bundle")
+    unpacked = unpack_dir or os.path.join(state_dir, "bundle")
     os.makedirs(unpacked, mode=0o700, exist_ok=True)
     for member in ("kernel", "initrd"):
         atomic_write(os.path.join(unpacked, member), files[member], mode=0o600)

@@ -22,13 +22,16 @@ The guest never holds a key: it only has the port (``attestation.report_sources.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
+import signal
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..attestation.simulator_store import load_simulated_amdsp
 from ..common.fileio import atomic_write
 from ..measurement.files import measure
 from ..measurement.snp_measure import build_config
@@ -188,12 +191,11 @@ def serve(socket_path: str, service: SimulatedAmdSpService, ready: threading.Eve
 
 
 def run_daemon(state_dir: str, pidfile: str) -> None:
-    """The daemon's body (after the launcher forked it): lock the pidfile, drop stdio, serve until SIGTERM."""
-    import fcntl
-    import signal
+    """The daemon's body (after the launcher forked it): lock the pidfile, drop stdio, serve until SIGTERM.
 
-    from ..attestation.simulator_store import load_simulated_amdsp
-
+    Everything it needs is imported at module load: a daemon forked from an Ansible module
+    outlives the module's temporary files.
+    """
     fd = os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)  # held for the daemon's life: the launcher tests it
     os.ftruncate(fd, 0)
@@ -212,8 +214,6 @@ def run_daemon(state_dir: str, pidfile: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m …qemu.simulation STATE_DIR``: the simulated AMD-SP of the VM in STATE_DIR."""
     import sys
-
-    from ..attestation.simulator_store import load_simulated_amdsp
 
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:

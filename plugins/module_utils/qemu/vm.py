@@ -28,6 +28,7 @@ from ..snp.errors import SnpError
 from .argv import Paths, build_argv
 from .config import VmConfig
 from .qmp import Qmp, QmpError
+from .simulation import launch_digest, prepare, run_daemon
 
 STATE_FILE = "state.json"
 AMDSP_PIDFILE = "amdsp.pid"
@@ -125,8 +126,6 @@ class Vm:
                           config_differs=True, pid=running)
         version = qemu_version(config.qemu)
         if check_mode:
-            from .simulation import launch_digest
-
             gpa = None
             if config.simulate:
                 from ..snp.ovmf import parse_firmware
@@ -144,8 +143,6 @@ class Vm:
             if not simulated_amdsp:
                 raise SnpError("a simulated launch needs the simulated AMD-SP directory (snpguard sim init DIR)",
                                field="simulated_amdsp")
-            from .simulation import prepare
-
             gpa = prepare(config, simulated_amdsp).hashes_table_gpa
             self._start_amdsp()
         argv = build_argv(config, hashes_table_gpa=gpa, qemu_version=version)
@@ -228,8 +225,6 @@ class Vm:
         socket_path = self.paths.amdsp_socket
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
-        from .simulation import run_daemon
-
         pid = os.fork()
         if pid == 0:  # the child: detach again so the daemon is nobody's child
             try:

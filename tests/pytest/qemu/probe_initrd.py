@@ -42,7 +42,7 @@ exec 3>&-
 echo "@BEGIN@ $STATUS $(cut -d' ' -f1 /proc/uptime)"
 echo "$REPORT" | fold -w 76
 echo "@END@"
-poweroff -f
+@AFTER@
 """
 
 
@@ -59,9 +59,11 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def build(busybox: Path, report_data: bytes, out: Path) -> Path:
-    """Write the probe initrd asking for ``report_data`` (64 bytes) to ``out``."""
-    script = INIT.replace("@REPORT_DATA@", report_data.hex()).replace("@BEGIN@", BEGIN).replace("@END@", END)
+def build(busybox: Path, report_data: bytes, out: Path, *, stay: bool = False) -> Path:
+    """Write the probe initrd asking for ``report_data`` (64 bytes) to ``out``; ``stay`` keeps the guest up after."""
+    after = "while true; do sleep 3600; done" if stay else "poweroff -f"
+    script = (INIT.replace("@REPORT_DATA@", report_data.hex()).replace("@BEGIN@", BEGIN).replace("@END@", END)
+              .replace("@AFTER@", after))
     entries = [("bin", 0o040755, b""), ("dev", 0o040755, b""), ("proc", 0o040755, b""), ("sys", 0o040755, b""),
                ("bin/busybox", 0o100755, busybox.read_bytes()), ("init", 0o100755, script.encode())]
     out.write_bytes(gzip.compress(_newc(entries), compresslevel=9, mtime=0))
