@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..plugins.module_utils.bundle.archive import build_launch_bundle, read_bundle
+from ..plugins.module_utils.bundle.launch import bundle_host_data
 from ..plugins.module_utils.keyrelease import registration
 from ..plugins.module_utils.keyrelease.protocol import open_ingestion, same_secret, wipe
 from ..plugins.module_utils.snp import sev_keys
@@ -267,6 +268,9 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
                                          id_blocks=blocks)
         except SnpError as exc:
             raise ApiError(400, "invalid_request", exc.message, field=exc.field) from exc
+    if bundle is not None and spec.get("host_data") is None:
+        # The binding a launch from this bundle carries (bundle/launch.py): enforced at release, like given host_data.
+        spec["host_data"] = bundle_host_data(read_bundle(bundle, max_size=MAX_BUNDLE)).hex()
     volume_key_enc = kek.seal(kek_now, volume_key, kek.VOLUME_KEY_AAD + image_id.encode())
     now = now_ms()
     values = {

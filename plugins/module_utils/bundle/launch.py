@@ -22,6 +22,7 @@ bundle's launch.json is the same for the same facts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,3 +124,36 @@ def parse_launch(doc: Mapping[str, Any] | None, *, field_name: str = "launch") -
     if extra:
         raise SnpError(f"measurements for vCPU counts not in vcpus: {extra}", field=f"{field_name}.measurements")
     return facts
+
+
+def launch_config_digest(facts: LaunchFacts, kernel: bytes, initrd: bytes, cmdline: bytes, firmware_sha384: str,
+                         id_blocks: dict[str, bytes]) -> bytes:
+    """The default HOST_DATA of a bundle: SHA-256 of its launch configuration.
+
+    Everything the bundle fixes except HOST_DATA itself: the launch facts, the SHA-256 of
+    kernel, initrd and cmdline, the firmware's SHA-384 and the ID blocks.  A VM launched
+    from another bundle (or with another launch.json) carries other host data, and the
+    key-release server refuses it naming ``host_data``.
+    """
+    doc = facts.to_json()
+    doc.pop("host_data", None)
+    doc.pop("id_block_files", None)
+    doc.update({"kernel_sha256": hashlib.sha256(kernel).hexdigest(),
+                "initrd_sha256": hashlib.sha256(initrd).hexdigest(),
+                "cmdline_sha256": hashlib.sha256(cmdline).hexdigest(), "firmware_sha384": firmware_sha384.lower(),
+                "id_blocks": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(id_blocks.items())}})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).digest()
+
+
+def bundle_host_data(files: dict[str, bytes]) -> bytes:
+    """The HOST_DATA a bundle launches with: launch.json's ``host_data``, else ``launch_config_digest``.
+
+    The launcher sets it and a registration of the bundle records it, so the key-release
+    server refuses a guest launched from anything else, naming ``host_data``.
+    """
+    facts = parse_launch(json.loads(files["launch.json"]), field_name="bundle.launch.json")
+    if facts.host_data:
+        return bytes.fromhex(facts.host_data)
+    blocks = {name: data for name, data in files.items() if name.startswith(("id_block", "id_auth"))}
+    return launch_config_digest(facts, files["kernel"], files["initrd"], files["cmdline"],
+                                files["firmware.sha384"].decode().strip(), blocks)

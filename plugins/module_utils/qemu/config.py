@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..bundle.archive import read_bundle
-from ..bundle.launch import LaunchFacts, parse_launch
+from ..bundle.launch import bundle_host_data, parse_launch
 from ..snp.errors import SnpError
 from ..snp.options import parse_hex, parse_int
 from ..snp.policy import DEFAULT_POLICY, parse_policy
@@ -126,33 +126,6 @@ def _hash_file(path: str, digest: Any) -> str:
     return str(digest.hexdigest())
 
 
-def launch_config_digest(facts: LaunchFacts, kernel: bytes, initrd: bytes, cmdline: bytes, firmware_sha384: str,
-                         id_blocks: dict[str, bytes]) -> bytes:
-    """The default HOST_DATA of a bundle: SHA-256 of its launch configuration.
-
-    Everything the bundle fixes except HOST_DATA itself: the launch facts, the SHA-256 of
-    kernel, initrd and cmdline, the firmware's SHA-384 and the ID blocks.  A VM launched
-    from another bundle (or with another launch.json) carries other host data, and the
-    key-release server refuses it naming ``host_data``.
-    """
-    doc = facts.to_json()
-    doc.pop("host_data", None)
-    doc.pop("id_block_files", None)
-    doc.update({"kernel_sha256": hashlib.sha256(kernel).hexdigest(),
-                "initrd_sha256": hashlib.sha256(initrd).hexdigest(),
-                "cmdline_sha256": hashlib.sha256(cmdline).hexdigest(), "firmware_sha384": firmware_sha384.lower(),
-                "id_blocks": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(id_blocks.items())}})
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).digest()
-
-
-def bundle_host_data(files: dict[str, bytes]) -> bytes:
-    """``launch_config_digest`` of an unpacked bundle."""
-    facts = parse_launch(json.loads(files["launch.json"]), field_name="bundle.launch.json")
-    blocks = {name: data for name, data in files.items() if name.startswith(("id_block", "id_auth"))}
-    return launch_config_digest(facts, files["kernel"], files["initrd"], files["cmdline"],
-                                files["firmware.sha384"].decode().strip(), blocks)
-
-
 def from_bundle(bundle_path: str, *, name: str, state_dir: str, firmware: str, vcpus: int | None = None,
                 unpack_dir: str | None = None, **host: Any) -> VmConfig:
     """A configuration from a launch-artifacts bundle: its files are unpacked into ``state_dir/bundle``.
@@ -186,7 +159,7 @@ def from_bundle(bundle_path: str, *, name: str, state_dir: str, firmware: str, v
     if names:
         id_block = files[names["id_block"]].decode().strip()
         id_auth = files[names["id_auth"]].decode().strip()
-    host_data = bytes.fromhex(facts.host_data) if facts.host_data else bundle_host_data(files)
+    host_data = bundle_host_data(files)
     from ..bundle.launch import DEFAULT_GUEST_FEATURES
 
     config = VmConfig(

@@ -82,7 +82,8 @@ def tcg(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_qom_knows_every_property_we_set_with_its_type(suite: str) -> None:
-    qmp = '{"execute":"qmp_capabilities"}\n{"execute":"qom-list-properties","arguments":{"typename":"sev-snp-guest"}}\n{"execute":"quit"}\n'
+    qmp = ('{"execute":"qmp_capabilities"}\n'
+           '{"execute":"qom-list-properties","arguments":{"typename":"sev-snp-guest"}}\n{"execute":"quit"}\n')
     result = in_root(suite, ["sh", "-c", f"printf '%s' '{qmp}' | qemu-system-x86_64 -machine none -accel tcg "
                                          "-nodefaults -display none -qmp stdio"])
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
