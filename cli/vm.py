@@ -137,8 +137,8 @@ def _stop(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     state_dir = os.path.abspath(args.state_dir or os.path.join(DEFAULT_STATE_ROOT, args.name))
     status = Vm(args.name, state_dir).status()
-    text = f"{args.name}: {status['state']}" + (f", pid {status['pid']}, guest {status.get('guest')}"
-                                               if status["pid"] else "")
+    detail = f", pid {status['pid']}, guest {status.get('guest')}" if status["pid"] else ""
+    text = f"{args.name}: {status['state']}{detail}"
     return _print(args, status, text)
 
 

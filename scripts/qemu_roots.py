@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Debian trixie and sid roots with their QEMU and libvirt, to check the launcher against real versions.

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: snp_host_info
 short_description: Report whether a host can launch AMD SEV-SNP guests, and why not
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Reads what SEV-SNP needs from the host itself - CPUID 0x8000001F (SEV, SEV-ES, SNP, C-bit position, reduced
     physical address bits; through C(/dev/cpu/0/cpuid), the C(cpuid) kernel module), C(kvm_amd) loaded with

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: snp_simulated_amdsp
 short_description: Create a SIMULATED AMD-SP directory for hosts without SEV-SNP (test labs only)
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Creates a directory (0700) with a simulated AMD-SP - a test certificate chain with AMD's names and extensions
     (organisation C(SIMULATED AMD-SP ...)) and its private keys (0600) - that M(snpguard.cvm.snp_vm) with

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 ---
 module: snp_vm
 short_description: Launch, stop or describe an AMD SEV-SNP guest with QEMU
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Launches an SEV-SNP guest from a launch-artifacts bundle (kernel, initrd, command line, C(launch.json), ID
     blocks) or from the same facts given one by one, with QEMU's C(sev-snp-guest) object and C(kernel-hashes=on),

@@ -89,9 +89,10 @@ def _memory_mb() -> int:
 def qemu_has_snp(binary: str) -> tuple[bool, str | None]:
     """(knows sev-snp-guest, version line) — by asking that QEMU."""
     try:
-        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                                 check=False).stdout
         helped = subprocess.run([binary, "-object", "sev-snp-guest,help"], capture_output=True, text=True,
-                                timeout=30)
+                                timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return False, None
     knows = helped.returncode == 0 and "sev-snp-guest" in helped.stdout

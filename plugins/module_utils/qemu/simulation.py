@@ -209,24 +209,3 @@ def run_daemon(state_dir: str, pidfile: str) -> None:
         launch = SimulatedLaunch.from_json(json.load(handle))
     service = SimulatedAmdSpService(launch, load_simulated_amdsp(launch.simulated_amdsp))
     serve(Paths(state_dir).amdsp_socket, service, stop=stop)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m …qemu.simulation STATE_DIR``: the simulated AMD-SP of the VM in STATE_DIR."""
-    import sys
-
-    args = argv if argv is not None else sys.argv[1:]
-    if len(args) != 1:
-        print("usage: python -m ansible_collections.snpguard.cvm.plugins.module_utils.qemu.simulation STATE_DIR",
-              file=sys.stderr)
-        return 2
-    state_dir = args[0]
-    with open(os.path.join(state_dir, LAUNCH_RECORD), encoding="utf-8") as handle:
-        launch = SimulatedLaunch.from_json(json.load(handle))
-    service = SimulatedAmdSpService(launch, load_simulated_amdsp(launch.simulated_amdsp))
-    serve(Paths(state_dir).amdsp_socket, service)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

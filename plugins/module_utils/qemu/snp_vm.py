@@ -139,9 +139,8 @@ def apply(options: dict[str, Any], *, check_mode: bool = False) -> dict[str, Any
 
             with open(config.firmware, "rb") as handle:
                 gpa = parse_firmware(handle.read(), config.firmware).hash_table_gpa
-        return {"changed": False, "argv": build_argv(config, hashes_table_gpa=gpa,
-                                                      qemu_version=qemu_version(config.qemu)),
-                "digest": config.digest(), "state": "described"}
+        argv = build_argv(config, hashes_table_gpa=gpa, qemu_version=qemu_version(config.qemu))
+        return {"changed": False, "argv": argv, "digest": config.digest(), "state": "described"}
     result = vm.start(config, simulated_amdsp=options.get("simulated_amdsp"), restart=state == "restarted",
                       check_mode=check_mode).as_dict()
     result.update(_status(vm) if not check_mode else {})

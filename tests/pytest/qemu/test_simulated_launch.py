@@ -135,8 +135,8 @@ def _without_channel(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("what", ["initrd", "cmdline", "kernel"])
-def test_ovmf_refuses_what_the_hashes_table_does_not_name(tmp_path: Path, probe, sim_dir: Path,
-                                                           kernel: Path, what: str) -> None:
+def test_ovmf_refuses_what_the_hashes_table_does_not_name(
+        tmp_path: Path, probe, sim_dir: Path, kernel: Path, what: str) -> None:
     guest = probe(f"probe-tamper-{what}")
     Path(guest.config.state_dir).mkdir(parents=True)
 
