@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchlib import REPO, artifacts_default, import_collection
@@ -35,11 +36,12 @@ sys.path.insert(0, str(REPO / "tests" / "pytest" / "qemu"))
 
 import probe_initrd
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import (
     save_simulated_amdsp,
 )
-from ansible_collections.snpguard.cvm.plugins.module_utils.qemu import vm as vm_module
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import VmConfig
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.simulated_amdsp import SimulatedAmdSp
 
 STAGES = ("launcher", "qemu_start", "firmware", "kernel", "initrd")
@@ -50,24 +52,21 @@ def one_round(work: Path, artifacts: Path, sim_dir: Path, index: int) -> dict[st
     config = VmConfig(name=f"bench-{index}", state_dir=str(work / f"vm-{index}"),
                       firmware=str(artifacts / "OVMF.amdsev.fd"), kernel=str(artifacts / "vmlinuz-trixie"),
                       initrd=str(initrd), cmdline="console=ttyS0 panic=-1", simulate=True, memory_mb=1024)
-    vm = vm_module.Vm(config.name, config.state_dir)
     marks: dict[str, float] = {}
-    real_run = vm_module.subprocess.run
 
-    def timed_run(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if argv and "qemu-system" in str(argv[0]) and "-daemonize" in argv:
+    def timed_run(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        """The launcher's Runner, noting when the QEMU that daemonizes is exec'd and returns."""
+        launching = "-daemonize" in argv
+        if launching:
             marks["qemu_exec"] = time.perf_counter()
-            result = real_run(argv, *args, **kwargs)
+        outcome = run(argv, timeout)
+        if launching:
             marks["qemu_up"] = time.perf_counter()
-            return result
-        return real_run(argv, *args, **kwargs)
+        return outcome
 
-    vm_module.subprocess.run = timed_run  # type: ignore[assignment]
-    try:
-        start = time.perf_counter()
-        vm.start(config, simulated_amdsp=str(sim_dir))
-    finally:
-        vm_module.subprocess.run = real_run  # type: ignore[assignment]
+    vm = Vm(config.name, config.state_dir, timed_run)
+    start = time.perf_counter()
+    vm.start(config, simulated_amdsp=str(sim_dir))
     serial = Path(config.state_dir) / "serial.log"
     edges = {"Linux version": "kernel_start", "probe: up": "init_start", probe_initrd.END: "report"}
     deadline = time.perf_counter() + 300

@@ -18,6 +18,7 @@ from typing import Any
 from ..plugins.module_utils.qemu.snp_vm import DEFAULT_FIRMWARE, DEFAULT_STATE_ROOT, apply
 from ..plugins.module_utils.qemu.vm import Vm
 from .common import add_json, examples, print_json
+from .process import run
 
 EXAMPLE_BUNDLE = "snpguard vm start web-1 --bundle debian-13.bundle.tar.gz --disk web-1.qcow2 --network user"
 EXAMPLE_SIM = ("snpguard vm start probe --kernel vmlinuz --initrd initrd.img --cmdline console=ttyS0 "
@@ -120,7 +121,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], text: str) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    result = apply(_options(args, state="restarted" if args.restart else "started"))
+    result = apply(_options(args, state="restarted" if args.restart else "started"), run)
     text = f"{args.name}: {result['msg']}" + (f" (pid {result['pid']})" if result.get("pid") else "")
     if result.get("measurement"):
         text += f"\n  measurement {result['measurement']} (simulated AMD-SP)"
@@ -130,20 +131,20 @@ def _start(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     result = apply({"name": args.name, "state_dir": args.state_dir, "state": "stopped",
-                    "stop_timeout": args.timeout})
+                    "stop_timeout": args.timeout}, run)
     return _print(args, result, f"{args.name}: {result['msg']}")
 
 
 def _status(args: argparse.Namespace) -> int:
     state_dir = os.path.abspath(args.state_dir or os.path.join(DEFAULT_STATE_ROOT, args.name))
-    status = Vm(args.name, state_dir).status()
+    status = Vm(args.name, state_dir, run).status()
     detail = f", pid {status['pid']}, guest {status.get('guest')}" if status["pid"] else ""
     text = f"{args.name}: {status['state']}{detail}"
     return _print(args, status, text)
 
 
 def _describe(args: argparse.Namespace) -> int:
-    result = apply(_options(args))
+    result = apply(_options(args), run)
     if args.json:
         print_json(result)
     elif args.output == "libvirt":

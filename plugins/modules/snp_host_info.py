@@ -126,6 +126,7 @@ firmware:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.process import module_runner
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.host import gather
 
 
@@ -134,7 +135,8 @@ def main() -> None:
         argument_spec={"qemu": {"type": "str", "default": "qemu-system-x86_64"}, "firmware": {"type": "path"}},
         supports_check_mode=True,
     )
-    module.exit_json(changed=False, **gather(module.params["qemu"], module.params["firmware"]).as_dict())
+    facts = gather(module_runner(module), module.params["qemu"], module.params["firmware"])
+    module.exit_json(changed=False, **facts.as_dict())
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ field:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.common.ansible_glue import require_cryptography
+from ansible_collections.snpguard.cvm.plugins.module_utils.common.process import module_runner
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.snp_vm import apply
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 
@@ -270,7 +271,7 @@ def main() -> None:
     )
     require_cryptography(module)
     try:
-        result = apply(module.params, check_mode=module.check_mode)
+        result = apply(module.params, module_runner(module), check_mode=module.check_mode)
     except SnpError as exc:
         module.fail_json(**exc.as_dict())
     module.exit_json(**result)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.process import Runner
 from ..snp.sev_cpuid import LEAF, SevCapabilities
 
 OVMF_AMDSEV_PATHS = ("/usr/share/ovmf/OVMF.amdsev.fd", "/usr/share/OVMF/OVMF.amdsev.fd")
@@ -86,20 +86,17 @@ def _memory_mb() -> int:
     return 0
 
 
-def qemu_has_snp(binary: str) -> tuple[bool, str | None]:
+def qemu_has_snp(binary: str, run: Runner) -> tuple[bool, str | None]:
     """(knows sev-snp-guest, version line) — by asking that QEMU."""
-    try:
-        version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
-                                 check=False).stdout
-        helped = subprocess.run([binary, "-object", "sev-snp-guest,help"], capture_output=True, text=True,
-                                timeout=30, check=False)
-    except (OSError, subprocess.SubprocessError):
+    rc, version, _err = run([binary, "--version"], 30)
+    if rc != 0:
         return False, None
-    knows = helped.returncode == 0 and "sev-snp-guest" in helped.stdout
+    rc, helped, _err = run([binary, "-object", "sev-snp-guest,help"], 30)
+    knows = rc == 0 and "sev-snp-guest" in helped
     return knows, version.splitlines()[0] if version else None
 
 
-def gather(qemu: str = "qemu-system-x86_64", firmware: str | None = None) -> HostFacts:
+def gather(run: Runner, qemu: str = "qemu-system-x86_64", firmware: str | None = None) -> HostFacts:
     facts = HostFacts(kernel=platform.release(), memory_mb=_memory_mb())
     facts.cpu, facts.cpu_source = read_cpuid()
     if facts.cpu is None:
@@ -118,7 +115,7 @@ def gather(qemu: str = "qemu-system-x86_64", firmware: str | None = None) -> Hos
     path = shutil.which(qemu) if not os.path.isabs(qemu) else qemu
     facts.qemu = path
     if path:
-        facts.qemu_sev_snp_guest, facts.qemu_version = qemu_has_snp(path)
+        facts.qemu_sev_snp_guest, facts.qemu_version = qemu_has_snp(path, run)
         if not facts.qemu_sev_snp_guest:
             facts.problems.append(f"{path} ({facts.qemu_version}) has no sev-snp-guest object (QEMU >= 9.1 has)")
     else:

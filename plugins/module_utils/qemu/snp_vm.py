@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..common.process import Runner
 from ..snp.errors import SnpError
 from ..snp.options import parse_int
 from .argv import build_argv
@@ -94,14 +95,14 @@ def config_from_options(options: dict[str, Any], *, check_mode: bool = False) ->
     return config.validate()
 
 
-def _fill_sev_bits(config: VmConfig, *, launching: bool) -> None:
+def _fill_sev_bits(config: VmConfig, run: Runner, *, launching: bool) -> None:
     """cbitpos and reduced-phys-bits from this host's CPUID when not given; refuse a host that is not SNP-capable.
 
     Describing a launch for another host (argv, libvirt) needs no SNP here when both values are given.
     """
     if not launching and config.cbitpos is not None and config.reduced_phys_bits is not None:
         return
-    facts = gather(config.qemu, config.firmware)
+    facts = gather(run, config.qemu, config.firmware)
     if not facts.snp_capable:
         hint = " (set simulate: true for a simulated launch under TCG)" if launching else \
             " (give cbitpos and reduced_phys_bits to describe a launch for another host)"
@@ -114,13 +115,13 @@ def _fill_sev_bits(config: VmConfig, *, launching: bool) -> None:
             config.reduced_phys_bits = facts.cpu.reduced_phys_bits
 
 
-def apply(options: dict[str, Any], *, check_mode: bool = False) -> dict[str, Any]:
+def apply(options: dict[str, Any], run: Runner, *, check_mode: bool = False) -> dict[str, Any]:
     state = options.get("state") or "started"
     if state not in STATES:
         raise SnpError(f"must be one of {', '.join(STATES)}", field="state")
     name = options.get("name") or ""
     state_dir = os.path.abspath(options.get("state_dir") or os.path.join(DEFAULT_STATE_ROOT, name))
-    vm = Vm(name, state_dir)
+    vm = Vm(name, state_dir, run)
     if state == "stopped":
         result = vm.stop(timeout=float(options.get("stop_timeout") or 60), check_mode=check_mode).as_dict()
         return {**result, **_status(vm)}
@@ -129,7 +130,7 @@ def apply(options: dict[str, Any], *, check_mode: bool = False) -> dict[str, Any
     config = config_from_options(options, check_mode=check_mode)
     output = options.get("output") or "qemu"
     if not config.simulate:
-        _fill_sev_bits(config, launching=output == "qemu")
+        _fill_sev_bits(config, run, launching=output == "qemu")
     if output == "libvirt":
         return {"changed": False, "xml": domain_xml(config), "digest": config.digest(), "state": "described"}
     if output == "argv":
@@ -139,7 +140,7 @@ def apply(options: dict[str, Any], *, check_mode: bool = False) -> dict[str, Any
 
             with open(config.firmware, "rb") as handle:
                 gpa = parse_firmware(handle.read(), config.firmware).hash_table_gpa
-        argv = build_argv(config, hashes_table_gpa=gpa, qemu_version=qemu_version(config.qemu))
+        argv = build_argv(config, hashes_table_gpa=gpa, qemu_version=qemu_version(config.qemu, run))
         return {"changed": False, "argv": argv, "digest": config.digest(), "state": "described"}
     result = vm.start(config, simulated_amdsp=options.get("simulated_amdsp"), restart=state == "restarted",
                       check_mode=check_mode).as_dict()

@@ -18,12 +18,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..common.fileio import atomic_write
+from ..common.process import Runner
 from ..snp.errors import SnpError
 from .argv import Paths, build_argv
 from .config import VmConfig
@@ -49,11 +49,10 @@ class Result:
                 "digest": self.digest, "config_differs": self.config_differs, "pid": self.pid}
 
 
-def qemu_version(binary: str) -> tuple[int, int]:
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SnpError(f"cannot run {binary} --version: {exc}", field="qemu") from exc
+def qemu_version(binary: str, run: Runner) -> tuple[int, int]:
+    rc, out, err = run([binary, "--version"], 30)
+    if rc != 0:
+        raise SnpError(f"cannot run {binary} --version (exit {rc}): {err.strip()[-500:]}", field="qemu")
     words = out.split()
     if "version" not in words:
         raise SnpError(f"{binary} --version printed no version", field="qemu")
@@ -82,8 +81,9 @@ def _read_pid(path: str) -> int | None:
 class Vm:
     """One guest, by name, under ``state_dir``."""
 
-    def __init__(self, name: str, state_dir: str) -> None:
+    def __init__(self, name: str, state_dir: str, run: Runner) -> None:
         self.name = name
+        self.run = run
         self.state_dir = state_dir
         self.paths = Paths(state_dir)
         self.marker = f"process=snpguard-{name}"
@@ -124,7 +124,7 @@ class Vm:
             return Result(False, "running", "running with ANOTHER configuration (set state: restarted, or "
                           "'snpguard vm start --restart', to relaunch with this one)", digest=digest,
                           config_differs=True, pid=running)
-        version = qemu_version(config.qemu)
+        version = qemu_version(config.qemu, self.run)
         if check_mode:
             gpa = None
             if config.simulate:
@@ -149,11 +149,10 @@ class Vm:
         for stale in (self.paths.pidfile, self.paths.qmp):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stale)
-        started = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-        if started.returncode != 0:
+        rc, _out, err = self.run(argv, 120)
+        if rc != 0:
             self._stop_amdsp()
-            raise SnpError(f"QEMU did not start (exit {started.returncode}): {started.stderr.strip()[-2000:]}",
-                           field="qemu")
+            raise SnpError(f"QEMU did not start (exit {rc}): {err.strip()[-2000:]}", field="qemu")
         atomic_write(os.path.join(self.state_dir, STATE_FILE),
                      (json.dumps({"digest": digest, "argv": argv, "started_at": time.time(),
                                   "simulate": config.simulate}, indent=2) + "\n").encode(), mode=0o600)

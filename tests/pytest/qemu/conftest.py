@@ -20,6 +20,7 @@ import pytest
 from probe_initrd import build, report_from_serial
 from servers import snpguard_cmd, snpguard_env
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import save_simulated_amdsp
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import VmConfig
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
@@ -64,7 +65,7 @@ class Probe:
                                host_data=b"\x5a" * 32)
         for key, value in overrides.items():
             setattr(self.config, key, value)
-        self.vm = Vm(name, self.config.state_dir)
+        self.vm = Vm(name, self.config.state_dir, run)
 
     @property
     def serial(self) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from servers import Agent, register
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.launch import bundle_host_data
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.snp_vm import apply
@@ -53,7 +54,7 @@ def test_a_bundle_launch_carries_the_host_data_the_server_enforces(tmp_path: Pat
 
     state = tmp_path / "vm"
     result = apply({"name": "bound", "state_dir": str(state), "bundle": str(tmp_path / "image.bundle.tar.gz"),
-                    "firmware": str(firmware), "simulate": True, "simulated_amdsp": str(sim_dir)})
+                    "firmware": str(firmware), "simulate": True, "simulated_amdsp": str(sim_dir)}, run)
     try:
         assert result["changed"] and result["host_data"] == expected.hex()
         assert result["measurement"] == measurement  # the launcher measured exactly what was registered
@@ -65,7 +66,7 @@ def test_a_bundle_launch_carries_the_host_data_the_server_enforces(tmp_path: Pat
         refused, _key, _body = agent.handshake(admin, bytes.fromhex(measurement), host_data=b"\x01" * 32)
         assert refused.status_code == 403 and refused.json()["error"]["check"] == "host_data"
     finally:
-        Vm("bound", str(state)).remove()
+        Vm("bound", str(state), run).remove()
 
 
 def test_a_bundle_for_another_firmware_is_refused(tmp_path: Path, firmware: Path, kernel: Path) -> None:
@@ -77,5 +78,5 @@ def test_a_bundle_for_another_firmware_is_refused(tmp_path: Path, firmware: Path
     (tmp_path / "b.tar.gz").write_bytes(bundle)
     with pytest.raises(SnpError) as info:
         apply({"name": "wrong-fw", "state_dir": str(tmp_path / "s"), "bundle": str(tmp_path / "b.tar.gz"),
-               "firmware": str(firmware), "simulate": True})
+               "firmware": str(firmware), "simulate": True}, run)
     assert info.value.field == "firmware" and "SHA-384" in info.value.message

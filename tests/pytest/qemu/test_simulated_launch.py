@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import BOOT_DEADLINE, cli
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.argv import build_argv
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.simulation import prepare
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import qemu_version
@@ -99,7 +100,7 @@ def _stale_table_boot(tmp_path: Path, guest, sim_dir: Path, tamper) -> str:
     launch = prepare(guest.config, str(sim_dir))
     tamper(guest.config)
     argv = build_argv(guest.config, hashes_table_gpa=launch.hashes_table_gpa,
-                      qemu_version=qemu_version(guest.config.qemu), daemonize=False)
+                      qemu_version=qemu_version(guest.config.qemu, run), daemonize=False)
     argv = _without_channel(argv)  # (no AMD-SP needed: nothing may boot far enough to ask)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
