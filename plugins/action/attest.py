@@ -39,6 +39,12 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = True
 
+    @staticmethod
+    def _report_source(args: dict[str, Any]) -> dict[str, str]:
+        """Only the source the user named: the module refuses two, even when one is null."""
+        names = {"simulated_amdsp": "guest_simulated_amdsp", "simulated_channel": "guest_simulated_channel"}
+        return {option: args[arg] for option, arg in names.items() if args.get(arg) is not None}
+
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         args = self.validate_argument_spec(argument_spec=ARGSPEC)[1]
@@ -50,9 +56,8 @@ class ActionModule(ActionBase):
         report_data = report_data_binding(nonce, public_key)
         guest = self._execute_module(
             module_name="snpguard.cvm.snp_guest_report",
-            module_args={"report_data": report_data.hex(), "vmpl": args["guest_vmpl"], "certificates": True,
-                         "simulated_amdsp": args.get("guest_simulated_amdsp"),
-                         "simulated_channel": args.get("guest_simulated_channel")},
+            module_args=dict({"report_data": report_data.hex(), "vmpl": args["guest_vmpl"], "certificates": True},
+                             **self._report_source(args)),
             task_vars=task_vars,
         )
         if guest.get("failed"):

@@ -36,9 +36,11 @@ def artifacts() -> dict:
 
 
 def handshake(agent: Agent, admin: httpx.Client, image: dict, tag: int) -> tuple[httpx.Response, bytearray | None]:
-    """A guest of ``image`` (launched with the server-signed ID block, so its report carries the ID key digest)."""
+    """A guest of ``image`` launched from its bundle: the server-signed ID block (so the report carries the
+    ID key digest) and the bundle's host_data binding."""
     response, key, _body = agent.handshake(admin, measurement(tag),
-                                           id_key_digest=bytes.fromhex(image["generated_id_key_digest"]))
+                                           id_key_digest=bytes.fromhex(image["generated_id_key_digest"]),
+                                           host_data=bytes.fromhex(image["host_data"]))
     return response, key
 
 

@@ -150,10 +150,12 @@ def seeded(server: ServerProcess, admin: httpx.Client, sim) -> dict:
 def guest(agent: Agent, admin: httpx.Client, image: dict, tag: int) -> httpx.Response:
     """A guest launched with the image's server-signed ID block attests (its report carries the ID key digest).
 
-    Its policy: SMT allowed (bit 16), the reserved bit 17, ABI 1.51 (the image's minimum).
+    Its policy: SMT allowed (bit 16), the reserved bit 17, ABI 1.51 (the image's minimum); its HOST_DATA
+    the bundle's binding.
     """
     return agent.handshake(admin, measurement(tag), policy=0x30000 | 1 << 8 | 51,
-                           id_key_digest=bytes.fromhex(image["generated_id_key_digest"]))[0]
+                           id_key_digest=bytes.fromhex(image["generated_id_key_digest"]),
+                           host_data=bytes.fromhex(image["host_data"]))[0]
 
 
 def test_administrator_story_in_chromium(story: Story, seeded: dict, server: ServerProcess, admin: httpx.Client,
