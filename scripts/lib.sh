@@ -12,8 +12,11 @@ BASE_PYTHON=/usr/bin/python3
 
 # Debian packages for the venv, git, and unpacking .debs (apt, dpkg-deb, gpgv).
 # shellcheck disable=SC2034  # used by the scripts that source this file
+# Image conversion: libguestfs (its Python binding, and a host kernel for its appliance),
+# cryptsetup and the file-system tools the appliance copies from the host.
 SETUP_DEBS=(python3 python3-venv python3-pip git ca-certificates debian-archive-keyring gpgv
-  dpkg-dev xz-utils zstd)
+  dpkg-dev xz-utils zstd libguestfs-tools python3-guestfs linux-image-amd64 cryptsetup-bin
+  dosfstools gdisk e2fsprogs mtools qemu-utils)
 
 if [ -t 1 ]; then
   log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -66,6 +69,18 @@ ensure_venv() {
   log "creating $VENV with $BASE_PYTHON -m venv"
   rm -rf "$VENV"
   "$BASE_PYTHON" -m venv "$VENV"
+}
+
+# link_guestfs: Debian's python3-guestfs is built for /usr/bin/python3, the venv's base
+# interpreter, but a venv does not see dist-packages: link the binding's two files in.
+link_guestfs() {
+  local site file
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+  for file in /usr/lib/python3/dist-packages/guestfs.py /usr/lib/python3/dist-packages/libguestfsmod*.so; do
+    [ -e "$file" ] || die "python3-guestfs is not installed ($file missing)"
+    ln -sfn "$file" "$site/$(basename "$file")"
+  done
+  "$VENV/bin/python" -c 'import guestfs' || die "the venv cannot import guestfs"
 }
 
 # vpip ARGS... : pip of the venv, quiet unless it fails (the log is kept in build/logs).
