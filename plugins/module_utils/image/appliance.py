@@ -1,0 +1,107 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The libguestfs appliance: the one place image surgery touches a disk.
+
+Every change to an image happens inside libguestfs' own small VM, never through the
+conversion host's kernel: the host needs no loop devices, no device mapper and no
+mounts, and a hostile image's file systems are parsed by the appliance's kernel only.
+``guestfs`` (Debian's python3-guestfs) is imported lazily so that the rest of the
+collection works without it; its absence is a clear error that names the package.
+
+Shell steps that libguestfs' API cannot express with the options we need (cryptsetup
+with a chosen PBKDF, veritysetup) run in the appliance through ``debug sh``.  A secret
+(the hex volume key) travels only in the text of that one command, over libguestfs'
+channel into the appliance's memory, where ``printf`` pipes it to cryptsetup: it is
+never in a file of the appliance (whose root is an overlay file on the host) or of the host.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..snp.errors import SnpError
+
+OK_MARK = "SNPGUARD-STEP-OK"
+
+
+class ApplianceError(SnpError):
+    """A libguestfs call failed; the message carries libguestfs' own words."""
+
+
+def load_guestfs() -> Any:
+    try:
+        import guestfs  # type: ignore[import-not-found]
+    except ImportError:
+        raise ApplianceError("image conversion needs libguestfs' Python binding (Debian: apt-get install "
+                             "python3-guestfs libguestfs-tools)", field="python3-guestfs") from None
+    return guestfs
+
+
+@contextmanager
+def appliance(drives: Sequence[tuple[str, str, bool]], *, memsize: int = 2048, smp: int = 2,
+              force_tcg: bool = False) -> Iterator[Any]:
+    """A launched appliance with ``drives`` = (path, format, readonly) as /dev/sda, /dev/sdb, ...
+
+    ``force_tcg`` for hosts whose /dev/kvm does not work (nested virtualisation):
+    libguestfs then emulates the appliance's CPU.
+    """
+    guestfs = load_guestfs()
+    if force_tcg:
+        settings = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "")
+        if "force_tcg" not in settings.split(":"):
+            os.environ["LIBGUESTFS_BACKEND_SETTINGS"] = ":".join(s for s in (settings, "force_tcg") if s)
+    handle = guestfs.GuestFS(python_return_dict=True)
+    try:
+        handle.set_memsize(memsize)
+        handle.set_smp(smp)
+        for path, disk_format, readonly in drives:
+            handle.add_drive_opts(path, format=disk_format, readonly=readonly)
+        try:
+            handle.launch()
+        except RuntimeError as exc:
+            raise ApplianceError(f"libguestfs could not start its appliance: {exc} (libguestfs-test-tool "
+                                 "diagnoses this; on hosts without working KVM set force_tcg)",
+                                 field="appliance") from exc
+        yield handle
+        try:
+            handle.shutdown()
+        except RuntimeError as exc:
+            raise ApplianceError(f"libguestfs could not close the image cleanly: {exc}", field="appliance") from exc
+    finally:
+        handle.close()
+
+
+def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """One libguestfs call; its error becomes an ApplianceError naming the step."""
+    try:
+        return function(*args, **kwargs)
+    except RuntimeError as exc:
+        raise ApplianceError(f"{what}: {exc}", field=what) from exc
+
+
+def shell(handle: Any, what: str, script: str, *, secret: str | None = None) -> str:
+    """Run ``script`` with ``sh -e`` in the appliance; ``secret`` (hex/ASCII) is its stdin.
+
+    The output of a failed script is in the error; a secret is never echoed by us, and
+    scripts given one must not print it.
+    """
+    if secret is not None:
+        if not secret.isascii() or not secret.isalnum():
+            raise ApplianceError("an appliance secret must be ASCII letters and digits", field=what)
+        script = f"printf '%s' {shlex.quote(secret)} | {{\n{script}\n}}"
+    wrapped = f"set -e\n{script}\necho {OK_MARK}"
+    try:
+        output = handle.debug("sh", [wrapped])
+    except RuntimeError as exc:
+        raise ApplianceError(f"{what}: {_redact(str(exc), secret)}", field=what) from exc
+    if OK_MARK not in output:
+        raise ApplianceError(f"{what} failed: {_redact(output.strip()[-2000:], secret)}", field=what)
+    return output.replace(OK_MARK, "").strip()
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "<secret>") if secret else text

@@ -1,0 +1,388 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Convert a stock cloud image into a confidential one (``mode: luks``).
+
+Input: a stock qcow2 (Debian or Ubuntu, GPT, ext4 root as its last partition).  Output:
+a new qcow2 whose root partition is a LUKS2 container (argon2id keyslot, a fresh random
+key) holding a copy of the root file system, with the key-release agent, its config and
+the server's CA installed and the initrd regenerated inside the image; and a staging
+dir (``staging.py``) with the kernel, that initrd, the measured cmdline and the volume
+key sealed to the server's ingestion key.
+
+Why a copy and not in-place encryption: the stock image is never modified, and a failure
+at any step leaves no output at all — the new image and the staging dir are written
+under temporary names and renamed into place only when everything succeeded.
+
+Why the volume key is 32 random bytes written as 64 hex digits: it travels as text
+through libguestfs and cryptsetup's key-file, and the agent pipes exactly those bytes
+to ``cryptsetup open --key-file=-`` at boot.  256 bits of randomness need no stretching,
+so the argon2id keyslot is cheap by default (64 MiB, 4 iterations): unlocking under an
+emulated CPU in a small VM stays quick, and a brute force of the keyslot is as hopeless
+as of the key itself.
+
+Idempotence: the staging manifest records the SHA-256 of the stock image and of the
+conversion options; a rerun with both unchanged and the output intact does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..bundle.launch import LaunchFacts
+from ..common.fileio import create_private
+from ..common.process import Runner
+from ..keyrelease.protocol import seal_for_ingestion
+from ..snp.errors import SnpError
+from ..snp.policy import parse_policy
+from . import staging as stg
+from .appliance import appliance, call, shell
+from .inspect import ImageFacts, Kernel, inspect_image, select_kernel
+from .packages import fetch_debs
+
+Progress = Callable[[str], None]
+MODES = ("luks",)
+#: What the agent needs in the image beyond a stock cloud image (cryptsetup for the initrd).
+LUKS_PACKAGES = ["cryptsetup-bin"]
+MAPPER = "root"
+LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
+QEMU_IMG_TIMEOUT = 3600.0
+
+
+@dataclass
+class ConvertOptions:
+    source: str
+    output: str
+    staging_dir: str
+    name: str
+    firmware: str
+    agent_url: str
+    agent_ca_file: str
+    mode: str = "luks"
+    kernel: str | None = None
+    vcpus: list[int] = field(default_factory=lambda: [1])
+    vcpu_type: str = "EPYC-v4"
+    policy: int = 0x30000
+    guest_features: int = 0x1
+    extra_cmdline: str = ""
+    report_source: str = "auto"
+    ingestion_public_key: str | None = None  # base64 X25519 public key of the server
+    volume_key_file: str | None = None  # explicit: write the plaintext key here (0600), never by default
+    crypto_source: str | None = None  # cryptography for the agent: a site-packages dir or a wheel
+    pbkdf_memory_kib: int = 65536
+    pbkdf_iterations: int = 4
+    integrity: bool = False
+    package_mirror: str | None = None
+    package_cache: str | None = None
+    force_tcg: bool = False
+
+    def validate(self) -> ConvertOptions:
+        if self.mode not in MODES:
+            raise SnpError(f"must be one of {', '.join(MODES)} (verity is not implemented yet)", field="mode")
+        for name in ("source", "firmware", "agent_ca_file"):
+            path = getattr(self, name)
+            if not path or not os.path.isfile(path):
+                raise SnpError("is not a file", field=name, path=path)
+        for name in ("output", "staging_dir"):
+            if not getattr(self, name):
+                raise SnpError("is required", field=name)
+        if os.path.abspath(self.output) == os.path.abspath(self.source):
+            raise SnpError("must not be the source image (the stock image is never modified)", field="output")
+        if (self.ingestion_public_key is None) == (self.volume_key_file is None):
+            raise SnpError("exactly one of ingestion_public_key (the key leaves only sealed to the server) and "
+                           "volume_key_file (an explicit 0600 plaintext copy) is required",
+                           field="ingestion_public_key")
+        if not self.vcpus or any(not isinstance(n, int) or not 1 <= n <= 512 for n in self.vcpus):
+            raise SnpError("must be vCPU counts between 1 and 512", field="vcpus")
+        parse_policy(self.policy)
+        if not 8 * 1024 <= self.pbkdf_memory_kib <= 4 * 1024 * 1024:
+            raise SnpError("must be between 8192 and 4194304 KiB", field="pbkdf_memory_kib")
+        if not 4 <= self.pbkdf_iterations <= 1000:
+            raise SnpError("must be between 4 and 1000 (argon2id's minimum is 4)", field="pbkdf_iterations")
+        if "\n" in self.extra_cmdline:
+            raise SnpError("must be one line", field="extra_cmdline")
+        return self
+
+    def digest(self, source_sha256: str, payload_sha256: str) -> str:
+        facts = asdict(self)
+        for transient in ("force_tcg", "package_cache", "volume_key_file"):
+            facts.pop(transient)
+        facts.update(source_sha256=source_sha256, payload_sha256=payload_sha256,
+                     firmware_sha384=sha_file(self.firmware, hashlib.sha384))
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def sha_file(path: str, kind: Any = hashlib.sha256) -> str:
+    digest = kind()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(4 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise SnpError(f"cannot read: {exc.strerror}", path=path) from exc
+    return digest.hexdigest()
+
+
+def measured_cmdline(facts: ImageFacts, options: ConvertOptions) -> str:
+    """root on the opened LUKS mapper, the image's own arguments, networking for the agent, the extras."""
+    args = [f"root=/dev/mapper/{MAPPER}", "ro", *facts.cmdline]
+    if not any(a.startswith("ip=") for a in args):
+        args.append("ip=dhcp")
+    if options.extra_cmdline.strip():
+        args += options.extra_cmdline.split()
+    return " ".join(args)
+
+
+def _payload(options: ConvertOptions, luks_uuid: str) -> list[Any]:
+    from ..agent.config import AgentConfig
+    from ..agent.payload import agent_files
+    with open(options.agent_ca_file, "rb") as handle:
+        ca_pem = handle.read()
+    config = AgentConfig(url=options.agent_url, image=options.name, luks_device=f"UUID={luks_uuid}",
+                         mapper_name=MAPPER, report_source=options.report_source).validate()
+    return agent_files(config, ca_pem, options.crypto_source or default_crypto_source())
+
+
+def default_crypto_source() -> str:
+    """The site-packages dir of the ``cryptography`` this Python runs (an abi3 build)."""
+    import cryptography
+    return os.path.dirname(os.path.dirname(os.path.abspath(cryptography.__file__)))
+
+
+def payload_digest(files: list[Any]) -> str:
+    digest = hashlib.sha256()
+    for item in sorted(files, key=lambda f: f.dest):
+        digest.update(f"{item.dest}\0{item.mode:o}\0{len(item.data)}\0".encode())
+        digest.update(item.data)
+    return digest.hexdigest()
+
+
+@dataclass
+class Result:
+    changed: bool
+    output: str
+    staging_dir: str
+    plan: list[str]
+    kernel_version: str | None = None
+    cmdline: str | None = None
+    image: dict[str, Any] = field(default_factory=dict)
+    luks: dict[str, Any] = field(default_factory=dict)
+    packages: list[str] = field(default_factory=list)
+
+
+def up_to_date(options: ConvertOptions, source_sha256: str, payload_sha256: str) -> stg.Staging | None:
+    """The existing staging dir when it records this very conversion and the output is intact."""
+    if not (os.path.isfile(options.output) and os.path.isfile(os.path.join(options.staging_dir, stg.MANIFEST))):
+        return None
+    try:
+        current = stg.read_staging(options.staging_dir)
+    except SnpError:
+        return None
+    if current.options_digest != options.digest(source_sha256, payload_sha256):
+        return None
+    if current.output.get("sha256") != sha_file(options.output):
+        return None
+    return current
+
+
+def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
+            progress: Progress | None = None) -> Result:
+    say = progress or (lambda text: None)
+    options.validate()
+    say(f"hashing the stock image {options.source}")
+    source_sha256 = sha_file(options.source)
+    # The payload's digest does not depend on the LUKS UUID's value: use a fixed one to decide.
+    probe = _payload(options, "00000000-0000-0000-0000-000000000000")
+    payload_sha256 = payload_digest(probe)
+    current = up_to_date(options, source_sha256, payload_sha256)
+    if current is not None:
+        say("up to date: the staging dir records this stock image and these options")
+        return Result(changed=False, output=options.output, staging_dir=options.staging_dir, plan=[],
+                      kernel_version=current.kernel_version, cmdline=current.cmdline)
+    say("inspecting the stock image (read-only)")
+    with appliance([(options.source, "qcow2", True)], force_tcg=options.force_tcg) as handle:
+        facts = inspect_image(handle)
+        call("mount the root read-only", handle.mount_ro, facts.root.device, "/")
+        status = call("read the dpkg status", handle.read_file, "/var/lib/dpkg/status").decode("utf-8", "replace")
+        call("unmount", handle.umount_all)
+    kernel = select_kernel(facts, options.kernel, options.mode)
+    if facts.init_system != "initramfs-tools":
+        raise SnpError(f"the image builds its initrd with {facts.init_system}; this converter regenerates "
+                       "initramfs-tools initrds only so far", field="image.initrd_generator")
+    if max(facts.partitions, key=lambda p: p.start) is not facts.root:
+        raise SnpError("the root partition must be the last one on the disk (it grows by the LUKS header)",
+                       field="image.root")
+    cmdline = measured_cmdline(facts, options)
+    plan = [f"copy {options.source} ({facts.distro} {facts.release}, root {facts.root.device}) to a new image",
+            f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
+            f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
+            "install the key-release agent, its config and the server's CA",
+            f"regenerate the initrd of kernel {kernel.version}",
+            f"write {options.output} and the staging dir {options.staging_dir} (cmdline: {cmdline})"]
+    result = Result(changed=True, output=options.output, staging_dir=options.staging_dir, plan=plan,
+                    kernel_version=kernel.version, cmdline=cmdline, image=facts.to_json())
+    if check_mode:
+        return result
+    cache = options.package_cache or os.path.join(os.path.dirname(os.path.abspath(options.output)),
+                                                  ".snpguard-debs")
+    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(LUKS_PACKAGES)}")
+    debs = fetch_debs(LUKS_PACKAGES, codename=facts.codename, status=status, work=cache, run=run,
+                      mirror=options.package_mirror)
+    result.packages = [os.path.basename(d) for d in debs]
+    staging_tmp = stg.new_dir_beside(options.staging_dir)
+    output_tmp = os.path.join(os.path.dirname(os.path.abspath(options.output)),
+                              f".{os.path.basename(options.output)}.tmp-{secrets.token_hex(4)}")
+    key = bytearray(secrets.token_hex(32).encode())
+    try:
+        size = facts.disk_size + LUKS_HEADER_MARGIN
+        rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", output_tmp, str(size)], QEMU_IMG_TIMEOUT)
+        if rc != 0:
+            raise SnpError(f"qemu-img create failed: {(err or out).strip()}", field="output", path=output_tmp)
+        result.luks = _build(options, facts, kernel, debs, key, output_tmp, staging_tmp, say)
+        say("sealing the volume key")
+        if options.ingestion_public_key is not None:
+            import base64
+            sealed = seal_for_ingestion(bytes(key), base64.b64decode(options.ingestion_public_key, validate=True),
+                                        options.name)
+            with open(os.path.join(staging_tmp, stg.SEALED_KEY), "w", encoding="ascii") as handle:
+                handle.write(base64.b64encode(sealed).decode() + "\n")
+        say(f"hashing the new image {options.output}")
+        output_sha256 = sha_file(output_tmp)
+        record = stg.Staging(
+            directory=staging_tmp, image=options.name, mode=options.mode, kernel_version=kernel.version,
+            cmdline=cmdline, firmware_sha384=sha_file(options.firmware, hashlib.sha384),
+            launch=LaunchFacts(vcpus=sorted(options.vcpus), vcpu_type=options.vcpu_type, policy=options.policy,
+                               guest_features=options.guest_features),
+            kernel_sha256=sha_file(os.path.join(staging_tmp, stg.KERNEL)),
+            initrd_sha256=sha_file(os.path.join(staging_tmp, stg.INITRD)),
+            sealed_volume_key=stg.SEALED_KEY if options.ingestion_public_key is not None else None,
+            source={"path": os.path.abspath(options.source), "sha256": source_sha256},
+            output={"path": os.path.abspath(options.output), "sha256": output_sha256},
+            options_digest=options.digest(source_sha256, payload_sha256))
+        stg.write_manifest(staging_tmp, record)
+        if options.volume_key_file:
+            if os.path.lexists(options.volume_key_file):
+                os.unlink(options.volume_key_file)
+            create_private(options.volume_key_file, bytes(key))
+        os.replace(output_tmp, options.output)
+        stg.publish_dir(staging_tmp, options.staging_dir)
+        say(f"done: {options.output}, staging dir {options.staging_dir}")
+        return result
+    except BaseException:
+        stg.discard_dir(staging_tmp)
+        if os.path.exists(output_tmp):
+            os.unlink(output_tmp)
+        raise
+    finally:
+        for index in range(len(key)):
+            key[index] = 0
+
+
+def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: list[str], key: bytearray,
+           output_tmp: str, staging_tmp: str, say: Progress) -> dict[str, Any]:
+    """Everything inside one appliance: source as /dev/sda (read-only), the new image as /dev/sdb."""
+    root_number = facts.root.number
+    src_root, dst_root = f"/dev/sda{root_number}", f"/dev/sdb{root_number}"
+    with appliance([(options.source, "qcow2", True), (output_tmp, "qcow2", False)],
+                   force_tcg=options.force_tcg) as handle:
+        say("partitioning the new image like the stock one")
+        start = facts.root.start // 512
+        shell(handle, "partition the new image", "\n".join([
+            "sgdisk --backup=/tmp/gpt /dev/sda >/dev/null",
+            "sgdisk --load-backup=/tmp/gpt /dev/sdb >/dev/null",
+            "sgdisk -e /dev/sdb >/dev/null",
+            f"sgdisk -d {root_number} -n {root_number}:{start}:0 -t {root_number}:{facts.root.gpt_type} "
+            f"-u {root_number}:{facts.root.gpt_guid} -c {root_number}:{_sgdisk_name(facts.root.name)} "
+            "/dev/sdb >/dev/null",
+            "partprobe /dev/sdb 2>/dev/null || blockdev --rereadpt /dev/sdb",
+            "udevadm settle"]))
+        for part in facts.partitions:
+            if part is facts.root:
+                continue
+            say(f"copying partition {part.number} ({part.fs_type or 'raw'}, {part.size >> 20} MiB)")
+            shell(handle, f"copy partition {part.number}",
+                  f"dd if=/dev/sda{part.number} of=/dev/sdb{part.number} bs=4M conv=fsync status=none")
+        say("creating the LUKS2 container (argon2id)")
+        integrity = "--integrity hmac-sha256 " if options.integrity else ""
+        secret = key.decode("ascii")
+        shell(handle, "luksFormat",
+              "cryptsetup luksFormat -q --type luks2 --cipher aes-xts-plain64 --key-size 512 --hash sha256 "
+              f"--pbkdf argon2id --pbkdf-memory {options.pbkdf_memory_kib} --pbkdf-parallel 1 "
+              f"--pbkdf-force-iterations {options.pbkdf_iterations} --sector-size 4096 {integrity}"
+              f"--label cvm-root --key-file=- {dst_root}", secret=secret)
+        shell(handle, "open the LUKS2 container", f"cryptsetup open --key-file=- {dst_root} snpguard-new",
+              secret=secret)
+        del secret
+        luks_uuid = shell(handle, "LUKS UUID", f"cryptsetup luksUUID {dst_root}").splitlines()[-1].strip()
+        label = f"-L {_shell_word(facts.root.label)} " if facts.root.label else ""
+        shell(handle, "make the root file system",
+              f"mkfs.ext4 -q -U {facts.root.uuid} {label}/dev/mapper/snpguard-new")
+        sizes = shell(handle, "measure the root file system", "\n".join([
+            "mkdir -p /tmp/src /tmp/dst",
+            f"mount -o ro {src_root} /tmp/src",
+            "mount /dev/mapper/snpguard-new /tmp/dst",
+            "cd /tmp/src && for e in * .[!.]*; do [ -e \"$e\" ] || [ -L \"$e\" ] || continue; "
+            "printf '%s\\t%s\\n' \"$(du -sxb -- \"$e\" | cut -f1)\" \"$e\"; done"]))
+        entries = [line.split("\t", 1) for line in sizes.splitlines() if "\t" in line]
+        total = sum(int(size) for size, _ in entries) or 1
+        done = 0
+        for size, entry in entries:
+            done += int(size)
+            shell(handle, f"copy /{entry}", f"cp -a -- /tmp/src/{_shell_word(entry)} /tmp/dst/")
+            say(f"copy: /{entry} ({done >> 20} of {total >> 20} MiB, {100 * done // total}%)")
+        shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
+        call("mount the new root", handle.mount, "/dev/mapper/snpguard-new", "/")
+        esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+                   None)
+        if esp is not None and handle.is_dir("/boot/efi"):
+            call("mount the ESP", handle.mount, f"/dev/sdb{esp.number}", "/boot/efi")
+        if debs:
+            say(f"installing {len(debs)} packages offline: {', '.join(os.path.basename(d) for d in debs)}")
+            call("package dir", handle.mkdir_p, "/var/cache/snpguard-debs")
+            names = []
+            for deb in debs:
+                name = os.path.basename(deb)
+                call(f"upload {name}", handle.upload, deb, f"/var/cache/snpguard-debs/{name}")
+                names.append(f"/var/cache/snpguard-debs/{name}")
+            call("dpkg -i", handle.command, ["dpkg", "-i", *names])
+            call("remove the package files", handle.rm_rf, "/var/cache/snpguard-debs")
+        say("installing the agent")
+        for item in _payload(options, luks_uuid):
+            parent = os.path.dirname(item.dest)
+            call(f"mkdir {parent}", handle.mkdir_p, parent)
+            call(f"write {item.dest}", handle.write, item.dest, item.data)
+            call(f"chmod {item.dest}", handle.chmod, item.mode, item.dest)
+        crypttab = _crypttab(handle, luks_uuid)
+        call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())
+        say(f"regenerating the initrd of {kernel.version} (inside the image)")
+        call("update-initramfs", handle.command, ["update-initramfs", "-u", "-k", kernel.version])
+        call("download the kernel", handle.download, kernel.vmlinuz, os.path.join(staging_tmp, stg.KERNEL))
+        call("download the initrd", handle.download, f"/boot/initrd.img-{kernel.version}",
+             os.path.join(staging_tmp, stg.INITRD))
+        call("unmount", handle.umount_all)
+        shell(handle, "close the LUKS2 container", "cryptsetup close snpguard-new\nsync")
+    return {"uuid": luks_uuid, "device_partition": root_number, "pbkdf": "argon2id",
+            "pbkdf_memory_kib": options.pbkdf_memory_kib, "pbkdf_iterations": options.pbkdf_iterations,
+            "cipher": "aes-xts-plain64", "key_size": 512, "sector_size": 4096, "integrity": options.integrity,
+            "mapper": MAPPER}
+
+
+def _crypttab(handle: Any, luks_uuid: str) -> str:
+    """The stock crypttab plus the root line; ``noauto``: the agent opens root in the initrd, nothing prompts."""
+    current = handle.read_file("/etc/crypttab").decode() if handle.is_file("/etc/crypttab") else ""
+    lines = [line for line in current.splitlines() if line.split()[:1] != [MAPPER]]
+    lines.append(f"{MAPPER} UUID={luks_uuid} none luks,noauto")
+    return "\n".join(lines) + "\n"
+
+
+def _shell_word(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _sgdisk_name(name: str) -> str:
+    return _shell_word(name or "root")
