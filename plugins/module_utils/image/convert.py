@@ -47,8 +47,9 @@ from .packages import fetch_debs
 
 Progress = Callable[[str], None]
 MODES = ("luks",)
-#: What the agent needs in the image beyond a stock cloud image (cryptsetup for the initrd).
-LUKS_PACKAGES = ["cryptsetup-bin"]
+#: What the agent needs in the image beyond a stock cloud image: cryptsetup for the initrd, and
+#: cffi's per-Python backend for the abi3 cryptography the agent brings.
+LUKS_PACKAGES = ["cryptsetup-bin", "python3-cffi-backend"]
 MAPPER = "root"
 LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
 QEMU_IMG_TIMEOUT = 3600.0
