@@ -153,6 +153,8 @@ def build_argv(config: VmConfig, *, hashes_table_gpa: int | None = None, qemu_ve
         netdev = "user,id=net0,restrict=on"
         for host_port, guest_port in config.forwards:
             netdev += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
+        for address, port, host_port in config.guest_forwards:
+            netdev += f",guestfwd=tcp:{address}:{port}-tcp:127.0.0.1:{host_port}"
         argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
     argv += ["-qmp", f"unix:{paths.qmp},server=on,wait=off",
              "-chardev", f"file,id=serial0,path={paths.serial_log}", "-serial", "chardev:serial0"]

@@ -58,6 +58,9 @@ class VmConfig:
     disks: list[Disk] = field(default_factory=list)
     network: str = "none"  # "none", or "user" (QEMU's user-mode network, no inbound traffic but forwards)
     forwards: list[tuple[int, int]] = field(default_factory=list)  # (host port on 127.0.0.1, guest port)
+    # (guest address, guest port, host port on 127.0.0.1): the guest's TCP connections to address:port reach the
+    # host's loopback port (QEMU guestfwd), e.g. a key-release server for the agent in the initrd.
+    guest_forwards: list[tuple[str, int, int]] = field(default_factory=list)
     simulate: bool = False
     qemu: str = "qemu-system-x86_64"
     expected_measurement: str | None = None  # hex, from the bundle's launch.json for this vCPU count
@@ -83,6 +86,14 @@ class VmConfig:
             raise SnpError(f"must be none or user, got {self.network!r}", field="network")
         if self.forwards and self.network != "user":
             raise SnpError("port forwards need network: user", field="forwards")
+        if self.guest_forwards and self.network != "user":
+            raise SnpError("guest forwards need network: user", field="guest_forwards")
+        seen: set[tuple[str, int]] = set()
+        for forward in self.guest_forwards:
+            address, port, _host_port = check_guest_forward(forward)
+            if (address, port) in seen:
+                raise SnpError(f"{address}:{port} is forwarded twice", field="guest_forwards")
+            seen.add((address, port))
         for disk in self.disks:
             if disk.format not in DISK_FORMATS:
                 raise SnpError(f"must be one of {', '.join(DISK_FORMATS)}", field="disks.format")
@@ -192,6 +203,46 @@ def parse_forward(value: Any, field_name: str = "forwards") -> tuple[int, int]:
     if host_port is None or guest_port is None:
         raise SnpError(f"{value!r} is not HOST:GUEST", field=field_name)
     return host_port, guest_port
+
+
+#: QEMU user networking's own addresses (network, gateway, DNS, the guest's DHCP address, broadcast).
+USER_NET = "10.0.2.0/24"
+USER_NET_RESERVED = ("10.0.2.0", "10.0.2.2", "10.0.2.3", "10.0.2.15", "10.0.2.255")
+
+
+def check_guest_forward(forward: Any, field_name: str = "guest_forwards") -> tuple[str, int, int]:
+    """(guest address, guest port, host port): an address of the user network that QEMU itself does not use."""
+    import ipaddress
+
+    try:
+        address, port, host_port = forward
+    except (TypeError, ValueError):
+        raise SnpError(f"{forward!r} is not (guest address, guest port, host port)", field=field_name) from None
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise SnpError(f"{address!r} is not an IPv4 address", field=f"{field_name}.address") from None
+    if ip not in ipaddress.IPv4Network(USER_NET) or str(ip) in USER_NET_RESERVED:
+        raise SnpError(f"{ip} must be in QEMU's user network {USER_NET} and not one of its own addresses "
+                       f"({', '.join(USER_NET_RESERVED)})", field=f"{field_name}.address")
+    for name, value in (("port", port), ("host_port", host_port)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise SnpError(f"must be 1..65535, got {value!r}", field=f"{field_name}.{name}")
+    return str(ip), port, host_port
+
+
+def parse_guest_forward(value: Any, field_name: str = "guest_forwards") -> tuple[str, int, int]:
+    """``ADDRESS:PORT-HOSTPORT`` (as QEMU's guestfwd) or ``{address, port, host_port}`` → a checked triple."""
+    if isinstance(value, dict):
+        address, port, host_port = value.get("address"), value.get("port"), value.get("host_port")
+    else:
+        guest, _sep, host_port = str(value).partition("-")
+        address, _sep, port = guest.rpartition(":")
+    parsed = (address, parse_int(port, f"{field_name}.port", minimum=1, maximum=65535),
+              parse_int(host_port, f"{field_name}.host_port", minimum=1, maximum=65535))
+    if None in parsed:
+        raise SnpError(f"{value!r} is not ADDRESS:PORT-HOSTPORT", field=field_name)
+    return check_guest_forward(parsed, field_name)
 
 
 def parse_policy_value(value: Any) -> int:

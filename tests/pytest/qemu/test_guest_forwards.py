@@ -1,0 +1,72 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""guest_forwards: the guest's connections to ADDRESS:PORT reach a loopback port of the host (QEMU guestfwd).
+
+With ``restrict=on`` the guest reaches nothing else; this is how the agent in the initrd
+reaches the key-release server (booted for real in tests/pytest/agent/test_agent_boot.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.argv import build_argv
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import VmConfig, parse_guest_forward
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
+
+
+def config(tmp_path: Path, **overrides: object) -> VmConfig:
+    for name in ("fw", "k"):
+        (tmp_path / name).write_bytes(b"x")
+    values: dict = {"name": "gf", "state_dir": str(tmp_path / "s"), "firmware": str(tmp_path / "fw"),
+                    "kernel": str(tmp_path / "k"), "network": "user"}
+    values.update(overrides)
+    return VmConfig(**values)
+
+
+def test_a_guest_forward_is_a_guestfwd_of_the_restricted_user_netdev(tmp_path: Path) -> None:
+    vm = config(tmp_path, forwards=[(2222, 22)], guest_forwards=[("10.0.2.100", 443, 8443)]).validate()
+    argv = build_argv(vm, daemonize=False)
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev == ("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
+                      "guestfwd=tcp:10.0.2.100:443-tcp:127.0.0.1:8443")
+    assert config(tmp_path).validate().digest() != vm.digest()  # another launch configuration
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("10.0.2.100:443-8443", ("10.0.2.100", 443, 8443)),
+    ({"address": "10.0.2.4", "port": "80", "host_port": 8080}, ("10.0.2.4", 80, 8080)),
+])
+def test_parse(value: object, expected: tuple) -> None:
+    assert parse_guest_forward(value) == expected
+
+
+@pytest.mark.parametrize(("value", "field"), [
+    ("10.0.2.100:443", "guest_forwards"),
+    ("10.0.2.100-8443", "guest_forwards.port"),
+    ("10.0.2.100:0-8443", "guest_forwards.port"),
+    ("10.0.2.100:443-70000", "guest_forwards.host_port"),
+    ("example.com:443-8443", "guest_forwards.address"),
+    ("192.168.1.5:443-8443", "guest_forwards.address"),  # outside the user network: QEMU would not route it
+    ("10.0.2.2:443-8443", "guest_forwards.address"),  # the gateway (the host itself)
+    ("10.0.2.3:53-5353", "guest_forwards.address"),  # QEMU's DNS
+    ("10.0.2.15:443-8443", "guest_forwards.address"),  # the guest's own DHCP address
+])
+def test_refusals_name_the_part(value: str, field: str) -> None:
+    with pytest.raises(SnpError) as info:
+        parse_guest_forward(value)
+    assert info.value.field == field
+
+
+def test_validate_refuses_without_user_network_and_duplicates(tmp_path: Path) -> None:
+    with pytest.raises(SnpError) as info:
+        config(tmp_path, network="none", guest_forwards=[("10.0.2.100", 443, 8443)]).validate()
+    assert info.value.field == "guest_forwards" and "network: user" in info.value.message
+    with pytest.raises(SnpError) as info:
+        config(tmp_path, guest_forwards=[("10.0.2.100", 443, 8443), ("10.0.2.100", 443, 9443)]).validate()
+    assert "twice" in info.value.message
+    with pytest.raises(SnpError) as info:
+        config(tmp_path, guest_forwards=[("10.0.2.100", 443)]).validate()
+    assert info.value.field == "guest_forwards"
