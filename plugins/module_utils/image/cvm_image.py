@@ -13,6 +13,7 @@ from typing import Any
 from ..common.process import Runner
 from ..snp.errors import SnpError
 from ..snp.options import parse_int
+from ..snp.policy import parse_policy
 from .convert import ConvertOptions, Progress, convert
 
 DEFAULT_FIRMWARE = "/usr/share/ovmf/OVMF.amdsev.fd"
@@ -48,7 +49,7 @@ def _ingestion_key(value: Any) -> str | None:
 
 def options_from(params: Mapping[str, Any]) -> ConvertOptions:
     """The module's/CLI's parameters as ConvertOptions (every value checked, errors name the option)."""
-    policy = parse_int(params.get("policy"), "policy")
+    policy = parse_policy(params.get("policy") if params.get("policy") is not None else 0x30000).to_int()
     features = parse_int(params.get("guest_features"), "guest_features")
     options = ConvertOptions(
         source=params["source"], output=params["output"], staging_dir=params["staging_dir"],
@@ -56,7 +57,7 @@ def options_from(params: Mapping[str, Any]) -> ConvertOptions:
         agent_url=params["server_url"], agent_ca_file=params["server_ca_file"],
         mode=params.get("mode") or "luks", kernel=params.get("kernel") or None,
         vcpus=_vcpus(params.get("vcpus")), vcpu_type=params.get("vcpu_type") or "EPYC-v4",
-        policy=0x30000 if policy is None else policy, guest_features=0x1 if features is None else features,
+        policy=policy, guest_features=0x1 if features is None else features,
         extra_cmdline=params.get("extra_cmdline") or "", report_source=params.get("report_source") or "auto",
         ingestion_public_key=_ingestion_key(params.get("ingestion_public_key")),
         volume_key_file=params.get("volume_key_file") or None, crypto_source=params.get("crypto_source") or None,

@@ -85,7 +85,7 @@ def parse_os_release(text: str) -> dict[str, str]:
             words = shlex.split(value)
         except ValueError:
             continue
-        out[key.strip()] = words[0] if words else ""
+        out[key.strip()] = " ".join(words)
     return out
 
 

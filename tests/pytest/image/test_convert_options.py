@@ -1,0 +1,156 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The converter's parsers and refusals, without an appliance: options, os-release, kernel configs, GRUB defaults."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import measured_cmdline
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.cvm_image import options_from
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.inspect import (
+    ImageFacts,
+    Kernel,
+    Partition,
+    parse_default_grub,
+    parse_kernel_config,
+    parse_os_release,
+    select_kernel,
+)
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.packages import installed_packages
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
+
+TRIXIE_OS_RELEASE = '''PRETTY_NAME="Debian GNU/Linux 13 (trixie)"
+NAME="Debian GNU/Linux"
+VERSION_ID="13"
+VERSION="13 (trixie)"
+VERSION_CODENAME=trixie
+DEBIAN_VERSION_FULL=13.2
+ID=debian
+'''
+
+
+@pytest.fixture
+def params(tmp_path: Path, artifacts: Path) -> dict:
+    source = tmp_path / "stock.qcow2"
+    source.write_bytes(b"QFI\xfb")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    return {"source": str(source), "output": str(tmp_path / "cvm.qcow2"), "staging_dir": str(tmp_path / "staging"),
+            "name": "debian-13-cvm", "firmware": str(artifacts / "OVMF.amdsev.fd"),
+            "server_url": "https://10.0.2.100", "server_ca_file": str(ca),
+            "ingestion_public_key": base64.b64encode(bytes(range(32))).decode()}
+
+
+def test_options_accepted(params: dict) -> None:
+    options = options_from(params)
+    assert options.mode == "luks"
+    assert options.vcpus == [1]
+    assert options.policy == 0x30000
+    assert options.pbkdf_memory_kib == 65536
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"mode": "verity"}, "mode"),
+    ({"output": "SOURCE"}, "output"),
+    ({"ingestion_public_key": None}, "ingestion_public_key"),
+    ({"volume_key_file": "/tmp/key"}, "ingestion_public_key"),
+    ({"ingestion_public_key": "not base64!"}, "ingestion_public_key"),
+    ({"ingestion_public_key": base64.b64encode(b"short").decode()}, "ingestion_public_key"),
+    ({"server_ca_file": "/nonexistent/ca.pem"}, "agent_ca_file"),
+    ({"firmware": "/nonexistent/OVMF.fd"}, "firmware"),
+    ({"vcpus": [0]}, "vcpus"),
+    ({"vcpus": [2, 2]}, "vcpus"),
+    ({"policy": "0x10000"}, "policy"),
+    ({"policy": "debug=maybe"}, "policy.debug"),
+    ({"pbkdf_memory_kib": 1024}, "pbkdf_memory_kib"),
+    ({"pbkdf_iterations": 1}, "pbkdf_iterations"),
+    ({"extra_cmdline": "a\nb"}, "extra_cmdline"),
+])
+def test_options_refused_naming_the_field(params: dict, change: dict, field: str) -> None:
+    if change.get("output") == "SOURCE":
+        change = {"output": params["source"]}
+    params.update(change)
+    with pytest.raises(SnpError) as info:
+        options_from(params)
+    assert info.value.field == field, str(info.value)
+
+
+def test_os_release_is_parsed_not_run() -> None:
+    parsed = parse_os_release(TRIXIE_OS_RELEASE + "EVIL=$(touch /tmp/pwned)\n")
+    assert parsed["ID"] == "debian"
+    assert parsed["VERSION_CODENAME"] == "trixie"
+    assert parsed["VERSION_ID"] == "13"
+    assert parsed["EVIL"] == "$(touch /tmp/pwned)"
+
+
+def test_default_grub_arguments() -> None:
+    texts = ['GRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX="root=/dev/vda1 console=tty0"\n',
+             'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX console=ttyS0,115200 earlyprintk=ttyS0,115200"\n']
+    assert parse_default_grub(texts) == ["console=tty0", "console=ttyS0,115200", "earlyprintk=ttyS0,115200",
+                                         "quiet"]
+
+
+@given(st.text(max_size=400))
+def test_parsers_take_any_text(text: str) -> None:
+    parse_os_release(text)
+    parse_kernel_config(text)
+    parse_default_grub([text])
+    installed_packages(text)
+
+
+def test_installed_packages_reads_status() -> None:
+    status = ("Package: python3\nStatus: install ok installed\nVersion: 3.13\n\n"
+              "Package: cryptsetup-bin\nStatus: deinstall ok config-files\n\n")
+    assert installed_packages(status) == {"python3"}
+
+
+def _facts(*kernels: Kernel) -> ImageFacts:
+    root = Partition(device="/dev/sda1", number=1, start=128 << 20, size=2 << 30, fs_type="ext4", uuid="u",
+                     label="", gpt_type="", gpt_guid="", name="")
+    return ImageFacts(distro="debian", release="13", codename="trixie", arch="x86_64", root=root, partitions=[root],
+                      disk_size=3 << 30, kernels=list(kernels), cmdline=["console=ttyS0"],
+                      init_system="initramfs-tools", fstab="")
+
+
+GOOD = {"CONFIG_AMD_MEM_ENCRYPT": "y", "CONFIG_SEV_GUEST": "m", "CONFIG_DM_CRYPT": "m", "CONFIG_DM_VERITY": "m"}
+
+
+def test_kernel_selection_newest_and_named() -> None:
+    old = Kernel("6.1.0-40-amd64", "/boot/vmlinuz-6.1.0-40-amd64", "/boot/initrd.img-6.1.0-40-amd64", dict(GOOD))
+    new = Kernel("6.12.57+deb13-amd64", "/boot/vmlinuz-6.12.57+deb13-amd64", "/boot/i", dict(GOOD))
+    facts = _facts(old, new)
+    assert select_kernel(facts, None, "luks") is new
+    assert select_kernel(facts, "6.1.0-40-amd64", "luks") is old
+    with pytest.raises(SnpError, match="not in the image") as info:
+        select_kernel(facts, "5.10.0-1-amd64", "luks")
+    assert info.value.field == "kernel"
+
+
+@pytest.mark.parametrize("option", ["CONFIG_AMD_MEM_ENCRYPT", "CONFIG_SEV_GUEST", "CONFIG_DM_CRYPT"])
+def test_kernel_without_snp_guest_support_is_refused_naming_the_option(option: str) -> None:
+    config = dict(GOOD)
+    config[option] = "n" if option != "CONFIG_SEV_GUEST" else ""
+    kernel = Kernel("6.12.57+deb13-amd64", "/boot/vmlinuz", "/boot/initrd.img", config)
+    with pytest.raises(SnpError, match=option) as info:
+        select_kernel(_facts(kernel), None, "luks")
+    assert info.value.field == "kernel"
+
+
+def test_kernel_without_config_or_initrd_is_refused() -> None:
+    with pytest.raises(SnpError, match="config"):
+        select_kernel(_facts(Kernel("6.12", "/boot/vmlinuz-6.12", "/boot/initrd.img-6.12", {})), None, "luks")
+    with pytest.raises(SnpError, match="no initrd"):
+        select_kernel(_facts(Kernel("6.12", "/boot/vmlinuz-6.12", None, dict(GOOD))), None, "luks")
+    with pytest.raises(SnpError, match="no kernel"):
+        select_kernel(_facts(), None, "luks")
+
+
+def test_measured_cmdline(params: dict) -> None:
+    options = options_from({**params, "extra_cmdline": "panic=-1"})
+    assert measured_cmdline(_facts(), options) == "root=/dev/mapper/root ro console=ttyS0 ip=dhcp panic=-1"
