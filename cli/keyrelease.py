@@ -34,6 +34,7 @@ from ..plugins.module_utils.keyrelease.admin_client import (
 )
 from ..plugins.module_utils.snp.errors import SnpError
 from .common import Refused, UsageError, add_json, examples
+from .image_convert import add_convert
 
 TOKEN_ARGV_WARNING = ("snpguard: warning: --token puts the API token in the process list (visible to every user "
                       "of this host) and in the shell history; prefer SNPGUARD_TOKEN or the prompt of "
@@ -179,10 +180,17 @@ def register(subparsers: Any) -> None:
         epilog=examples(
             "snpguard image register debian13-web --measurement 1=HEX --measurement 4=HEX \\",
             "--policy smt=true --min-tcb bootloader=9 --min-tcb tee=0 --min-tcb snp=23 --min-tcb microcode=213 \\",
-            "--sealed-key-file volume-key.sealed --check"))
+            "--sealed-key-file volume-key.sealed --check",
+            "snpguard image register debian13-web --staging-dir /srv/images/debian13-web.staging \\",
+            "--firmware /usr/share/ovmf/OVMF.amdsev.fd --policy smt=true"))
     reg.add_argument("name", metavar="NAME", help="the image's name (unique on the server)")
-    reg.add_argument("--measurement", dest="measurements", action="append", required=True, metavar="[VCPUS=]HEX",
-                     help="launch measurement (96 hex digits), per vCPU count; repeatable (default 1 vCPU)")
+    reg.add_argument("--measurement", dest="measurements", action="append", metavar="[VCPUS=]HEX",
+                     help="launch measurement (96 hex digits), per vCPU count; repeatable (default 1 vCPU); "
+                          "required unless --staging-dir, with which it is a cross-check")
+    reg.add_argument("--staging-dir", metavar="DIR",
+                     help="what a conversion staged (manifest.json, vmlinuz, initrd.img, cmdline, sealed key): "
+                          "each file checked against the manifest, the measurements computed from them and "
+                          "--firmware, the bundle built from the same files; NAME must be the staged image name")
     reg.add_argument("--vcpu-type", metavar="TYPE", help="the QEMU -cpu model the measurements were made for")
     reg.add_argument("--policy", action="append", metavar="NAME=VALUE",
                      help=f"policy constraint ({', '.join(POLICY_FLAGS)}=true|false, min_abi=MAJOR.MINOR)")
@@ -196,7 +204,7 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--image-id", metavar="HEX", help="IMAGE_ID the guest must report (32 hex digits)")
     reg.add_argument("--guest-svn", type=int, metavar="N", help="minimum GUEST_SVN")
     reg.add_argument("--host-data", metavar="HEX", help="HOST_DATA the guest must report (64 hex digits)")
-    key = reg.add_mutually_exclusive_group(required=True)
+    key = reg.add_mutually_exclusive_group()
     key.add_argument("--sealed-key-file", dest="sealed_volume_key_file", metavar="FILE",
                      help="volume key already sealed to the server's ingestion key (raw or base64)")
     key.add_argument("--sealed-key", dest="sealed_volume_key", metavar="B64",
@@ -206,7 +214,8 @@ def register(subparsers: Any) -> None:
     reg.add_argument("--kernel", metavar="FILE", help="kernel for the launch bundle")
     reg.add_argument("--initrd", metavar="FILE", help="initrd for the launch bundle")
     reg.add_argument("--cmdline", metavar="TEXT", help="kernel command line for the launch bundle")
-    reg.add_argument("--firmware", metavar="FILE", help="OVMF image (its SHA-384 goes into the bundle)")
+    reg.add_argument("--firmware", metavar="FILE",
+                     help="OVMF image (its SHA-384 goes into the bundle); required with --staging-dir")
     reg.add_argument("--firmware-sha384", metavar="HEX", help="the firmware's SHA-384 instead of --firmware")
     reg.add_argument("--launch", metavar="FILE", help="launch.json content for the bundle")
     reg.add_argument("--bundle", metavar="FILE", help="a prebuilt launch bundle instead of kernel/initrd")
@@ -241,6 +250,7 @@ def register(subparsers: Any) -> None:
     bundle.add_argument("-o", "--output", metavar="FILE", help="default NAME.bundle.tar.gz here")
     _connection(bundle)
     bundle.set_defaults(handler=_image_bundle)
+    add_convert(actions)
 
     token = subparsers.add_parser(
         "token", help="API tokens of the key-release server",
@@ -404,8 +414,14 @@ def _pairs(items: list[str] | None, field: str) -> list[tuple[str, str]]:
 
 
 def registration_options(args: argparse.Namespace) -> dict[str, Any]:
+    staging_dir = getattr(args, "staging_dir", None)
+    if not args.measurements and not staging_dir:
+        raise UsageError("give --measurement (per vCPU count) or --staging-dir", field="measurements")
+    if not staging_dir and not (args.sealed_volume_key or args.sealed_volume_key_file or args.volume_key_file):
+        raise UsageError("give the volume key: --sealed-key-file, --sealed-key or --volume-key-file",
+                         field="sealed_volume_key")
     measurements: dict[str, str] = {}
-    for item in args.measurements:
+    for item in args.measurements or []:
         vcpus, sep, value = item.rpartition("=")
         vcpus = vcpus if sep else "1"
         if vcpus in measurements:
@@ -428,7 +444,7 @@ def registration_options(args: argparse.Namespace) -> dict[str, Any]:
     options = {k: getattr(args, k) for k in (
         "name", "vcpu_type", "id_key_digests", "author_key_digests", "generate_id_keys", "family_id", "image_id",
         "guest_svn", "host_data", "sealed_volume_key", "sealed_volume_key_file", "volume_key_file", "kernel",
-        "initrd", "cmdline", "firmware", "firmware_sha384", "launch", "bundle", "replace")}
+        "initrd", "cmdline", "firmware", "firmware_sha384", "launch", "bundle", "replace", "staging_dir")}
     options.update(measurements=measurements, policy=policy, min_tcb=min_tcb, state="present",
                    enabled=False if args.disabled else None)
     return options
@@ -482,6 +498,8 @@ def _image_register(args: argparse.Namespace) -> int:
     for key in sorted(set(before) | set(after)):
         if before and before.get(key) != after.get(key):
             print(f"  {key}: {json.dumps(before.get(key))} -> {json.dumps(after.get(key))}")
+    for vcpus, value in sorted((result.get("measurements") or {}).items(), key=lambda item: int(item[0])):
+        print(f"  measured {vcpus} vCPU{'s' if vcpus != '1' else ''}: {value}")
     if args.check and result["action"] != "create":
         print("  (check mode cannot compare the volume key; the server does at registration)")
     return 0

@@ -22,6 +22,11 @@ description:
   - In check mode the module reads the image the server has under O(name) and compares its public content with
     the request (the volume key is compared only by a real registration).
   - With O(state=absent) the image and its volume key are deleted. VMs of that image then no longer unlock.
+  - With O(staging_dir) (what M(snpguard.cvm.cvm_image) writes next to a converted image) the module takes kernel,
+    initrd, command line, launch facts and the sealed volume key from that directory, checks every file against
+    the digests in its C(manifest.json), computes the launch measurement for each staged vCPU count from exactly
+    those files and O(firmware), and registers them with a launch bundle built from the same bytes. Measurements
+    given as well must equal the computed ones.
 author:
   - snpguard maintainers (@snpguard)
 extends_documentation_fragment:
@@ -59,8 +64,21 @@ options:
   measurements:
     description:
       - 'Launch measurement (96 hex digits) per vCPU count, for example C({1: "ab12...", 4: "cd34..."}).'
-      - One of O(measurements) and O(measurement) is required with O(state=present).
+      - One of O(measurements), O(measurement) and O(staging_dir) is required with O(state=present).
+      - With O(staging_dir) the measurements are computed; any given here must equal the computed ones.
     type: dict
+  staging_dir:
+    description:
+      - A staging directory written by the conversion (C(manifest.json), C(vmlinuz), C(initrd.img), C(cmdline),
+        C(sealed-volume-key) for luks).
+      - Every file is checked against the manifest's digests; the image O(name) must be the staged image name (the
+        volume key is sealed to it); O(firmware) is required and must have the staged SHA-384.
+      - The measurements are computed from these files for each vCPU count of the staged launch facts.
+      - Not together with O(kernel), O(initrd), O(cmdline), O(launch), O(bundle) and O(firmware_sha384); when the
+        directory carries the sealed volume key, not with O(sealed_volume_key), O(sealed_volume_key_file) or
+        O(volume_key_file) either (a verity staging dir has no key, so one of those is needed).
+    type: path
+    version_added: 0.2.0
   measurement:
     description: A single launch measurement, for O(vcpus) vCPUs.
     type: str
@@ -159,7 +177,9 @@ options:
     description: Kernel command line, for the launch bundle.
     type: str
   firmware:
-    description: The OVMF image the guest boots; its SHA-384 goes into the bundle.
+    description:
+      - The OVMF image the guest boots; its SHA-384 goes into the bundle.
+      - Required with O(staging_dir), which is measured with it.
     type: path
   firmware_sha384:
     description: SHA-384 of the firmware (96 hex digits), instead of O(firmware).
@@ -224,6 +244,19 @@ EXAMPLES = r"""
   delegate_to: localhost
   environment:
     SNPGUARD_TOKEN: "{{ vault_snpguard_token }}"
+
+- name: Register what a conversion staged (measurements computed from the staged files)
+  snpguard.cvm.cvm_register:
+    url: https://keys.example.com:8443
+    ca_file: /etc/snpguard/ca.pem
+    name: debian13-web
+    staging_dir: /srv/images/debian13-web.staging
+    firmware: /usr/share/ovmf/OVMF.amdsev.fd
+    policy:
+      smt: true
+    min_tcb: {bootloader: 9, tee: 0, snp: 23, microcode: 213}
+  delegate_to: localhost
+  register: registered
 
 - name: Stop releasing the key to an image
   snpguard.cvm.cvm_register:
@@ -355,6 +388,12 @@ content_sha256:
   description: SHA-256 of the registration's canonical public content (the server's C(content_sha256)).
   returned: success with O(state=present)
   type: str
+measurements:
+  description: The launch measurements computed from O(staging_dir), per vCPU count (96 hex digits each).
+  returned: success with O(staging_dir)
+  type: dict
+  sample: {"1": "8b7f...", "4": "1c2d..."}
+  version_added: 0.2.0
 volume_key_compared:
   description: Whether the server compared the volume key (false in check mode, where only public content is compared).
   returned: success with O(state=present)
@@ -421,14 +460,18 @@ def main() -> None:
             "launch": {"type": "dict"},
             "id_blocks": {"type": "dict"},
             "bundle": {"type": "path"},
+            "staging_dir": {"type": "path"},
             "replace": {"type": "bool", "default": False},
         },
         mutually_exclusive=[("sealed_volume_key", "sealed_volume_key_file", "volume_key_file"),
                             ("bundle", "kernel"), ("bundle", "initrd"), ("firmware", "firmware_sha384"),
-                            ("generate_id_keys", "id_blocks")],
+                            ("generate_id_keys", "id_blocks"),
+                            *(("staging_dir", other) for other in ("kernel", "initrd", "cmdline", "launch", "bundle",
+                                                                   "firmware_sha384"))],
         required_together=[("kernel", "initrd")],
-        required_if=[("state", "present", ("measurements", "measurement"), True),
-                     ("state", "present", ("sealed_volume_key", "sealed_volume_key_file", "volume_key_file"), True)],
+        required_if=[("state", "present", ("measurements", "measurement", "staging_dir"), True),
+                     ("state", "present", ("sealed_volume_key", "sealed_volume_key_file", "volume_key_file",
+                                           "staging_dir"), True)],
         supports_check_mode=True,
     )
     if module.params["volume_key_file"]:

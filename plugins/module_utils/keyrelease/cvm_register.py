@@ -11,6 +11,12 @@ with ``created=false`` and refuses a different one unless ``replace`` is set.
 The volume key is never sent in plaintext: the caller gives it sealed to the server's
 ingestion key (``sealed_volume_key``/``sealed_volume_key_file``), or a raw key file that
 is sealed in memory just before the request (``volume_key_file``).
+
+With ``staging_dir`` (what a conversion writes, ``image/staging.py``) the boot chain, the
+launch facts and the sealed key come from that directory: its files are read once, checked
+against the manifest's digests, measured from those very bytes for every vCPU count of
+the staged launch, and sent as the bundle's artifacts, so what the server registers is
+exactly what was measured.  Measurements the caller gives as well are cross-checked.
 """
 
 from __future__ import annotations
@@ -19,9 +25,14 @@ import base64
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
+from ..image.staging import Staging, read_staging
+from ..measurement.snp_measure import build_config
 from ..snp.errors import SnpError
+from ..snp.measure import BytesInputs
+from ..snp.measure import measure as measure_launch
 from . import registration
 from .admin_client import (
     ApiError,
@@ -36,6 +47,8 @@ MAX_ARTIFACT = 512 << 20
 POLICY_KEYS = tuple(registration.POLICY_DEFAULTS)
 TCB_KEYS = registration.MIN_TCB_FIELDS
 KEY_SOURCES = ("sealed_volume_key", "sealed_volume_key_file", "volume_key_file")
+#: What a staging dir supplies itself; giving any of these with ``staging_dir`` is an error.
+STAGING_EXCLUSIVE = ("kernel", "initrd", "cmdline", "bundle", "launch", "firmware_sha384")
 
 
 def _read(path: str, field: str) -> bytes:
@@ -77,6 +90,93 @@ def _measurements(options: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _id_blocks(given: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {str(int(k)): {"id_block": "".join(str(v["id_block"]).split()),
+                          "id_auth": "".join(str(v["id_auth"]).split())} for k, v in given.items()}
+
+
+@dataclass
+class Staged:
+    """A staging dir made ready for registration: its artifacts body and computed measurements."""
+
+    staging: Staging
+    artifacts: dict[str, Any]
+    measurements: dict[str, str]
+
+
+def _read_checked(path: str, expected_sha256: str, field: str) -> bytes:
+    data = _read(path, field)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise SnpError(f"changed while it was being registered (SHA-256 {actual}, manifest {expected_sha256})",
+                       field=field, path=path)
+    return data
+
+
+def _given_measurements(options: dict[str, Any]) -> dict[str, str]:
+    """The measurements the caller gave next to a staging dir (maybe none), normalised."""
+    if not (options.get("measurements") or options.get("measurement")):
+        return {}
+    return {k: registration.hex_value(v) or "" for k, v in _measurements(options).items()}
+
+
+def load_staged(options: dict[str, Any]) -> Staged:
+    """Read ``staging_dir``, measure its boot chain with ``firmware``, and cross-check the caller's options."""
+    directory = options["staging_dir"]
+    clashing = [k for k in STAGING_EXCLUSIVE if options.get(k)]
+    if clashing:
+        raise SnpError(f"the staging dir supplies {', '.join(clashing)}; give staging_dir or "
+                       f"{', '.join(clashing)}, not both", field=clashing[0])
+    staging = read_staging(directory)
+    given = [k for k in KEY_SOURCES if options.get(k)]
+    if staging.sealed_volume_key and given:
+        raise SnpError(f"the staging dir carries the sealed volume key; do not give {', '.join(given)} too",
+                       field=given[0])
+    if not staging.sealed_volume_key and not given:
+        raise SnpError(f"the {staging.mode} staging dir carries no sealed volume key: give one of "
+                       + ", ".join(KEY_SOURCES), field="sealed_volume_key")
+    if options.get("name") != staging.image:
+        raise SnpError(f"must be {staging.image!r}: the staged volume key is sealed to that image name "
+                       f"(got {options.get('name')!r})", field="name")
+    if not options.get("firmware"):
+        raise SnpError("a staging dir is measured with the firmware the guest boots: give firmware (the OVMF file)",
+                       field="firmware")
+    firmware = _read(options["firmware"], "firmware")
+    firmware_sha384 = hashlib.sha384(firmware).hexdigest()
+    if firmware_sha384 != staging.firmware_sha384:
+        raise SnpError(f"is not the firmware the image was staged for (SHA-384 {firmware_sha384}, "
+                       f"staged {staging.firmware_sha384})", field="firmware", path=options["firmware"])
+    kernel = _read_checked(staging.kernel, staging.kernel_sha256, "kernel")
+    initrd = _read_checked(staging.initrd, staging.initrd_sha256, "initrd")
+    launch = staging.launch
+    if options.get("vcpu_type") and launch.vcpu_type and options["vcpu_type"] != launch.vcpu_type:
+        raise SnpError(f"the image was staged for vCPU type {launch.vcpu_type!r}, not {options['vcpu_type']!r}",
+                       field="vcpu_type")
+    vcpus = list(launch.vcpus) or [1]
+    config = build_config({"ovmf": options["firmware"], "kernel": staging.kernel, "initrd": staging.initrd,
+                           "append": staging.cmdline, "vcpus": vcpus,
+                           "vcpu_type": launch.vcpu_type or options.get("vcpu_type"),
+                           "guest_features": launch.guest_features, "vmm_type": launch.vmm_type})
+    inputs = BytesInputs({options["firmware"]: firmware, staging.kernel: kernel, staging.initrd: initrd})
+    measured = measure_launch(config, inputs)
+    computed = {str(count): digest.hex() for count, digest in sorted(measured.digests.items())}
+    for count, value in _given_measurements(options).items():
+        if count not in computed:
+            raise SnpError(f"the staging dir is measured for {', '.join(computed)} vCPUs, not {count}",
+                           field="measurements")
+        if value != computed[count]:
+            raise SnpError(f"for {count} vCPUs: given {value}, computed from the staging dir {computed[count]}",
+                           field="measurements")
+    facts = launch.to_json()
+    facts.pop("measurements", None)
+    facts["vcpus"] = vcpus
+    if facts.get("vcpu_type") is None and options.get("vcpu_type"):
+        facts["vcpu_type"] = options["vcpu_type"]
+    artifacts: dict[str, Any] = {"kernel_b64": _b64(kernel), "initrd_b64": _b64(initrd), "cmdline": staging.cmdline,
+                                 "firmware_sha384": firmware_sha384, "launch": facts}
+    return Staged(staging=staging, artifacts=artifacts, measurements=computed)
+
+
 def _artifacts(options: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """(``artifacts`` body or None, ``bundle_b64`` or None)."""
     bundle = options.get("bundle")
@@ -114,22 +214,21 @@ def _artifacts(options: dict[str, Any]) -> tuple[dict[str, Any] | None, str | No
         "firmware_sha384": str(firmware_sha384).lower().removeprefix("0x"),
         "launch": launch,
     }
-    id_blocks = options.get("id_blocks")
-    if id_blocks:
-        artifacts["id_blocks"] = {str(int(k)): {"id_block": "".join(str(v["id_block"]).split()),
-                                                "id_auth": "".join(str(v["id_auth"]).split())}
-                                  for k, v in id_blocks.items()}
+    if options.get("id_blocks"):
+        artifacts["id_blocks"] = _id_blocks(options["id_blocks"])
     return artifacts, None
 
 
-def build_body(options: dict[str, Any]) -> dict[str, Any]:
+def build_body(options: dict[str, Any], staged: Staged | None = None) -> dict[str, Any]:
     """The registration body without the sealed volume key (what is compared and shown)."""
     name = options.get("name")
     if not name:
         raise SnpError("the image needs a name", field="name")
-    body: dict[str, Any] = {"name": name, "measurements": _measurements(options)}
-    if options.get("vcpu_type"):
-        body["vcpu_type"] = options["vcpu_type"]
+    measurements = staged.measurements if staged else _measurements(options)
+    body: dict[str, Any] = {"name": name, "measurements": dict(measurements)}
+    vcpu_type = (staged.artifacts["launch"].get("vcpu_type") if staged else None) or options.get("vcpu_type")
+    if vcpu_type:
+        body["vcpu_type"] = vcpu_type
     policy = {k: v for k, v in (options.get("policy") or {}).items() if v is not None}
     unknown = sorted(set(policy) - set(POLICY_KEYS))
     if unknown:
@@ -156,7 +255,12 @@ def build_body(options: dict[str, Any]) -> dict[str, Any]:
             body[name_] = str(options[name_]).strip()
     if options.get("guest_svn") is not None:
         body["guest_svn"] = int(options["guest_svn"])
-    artifacts, bundle = _artifacts(options)
+    if staged is not None:
+        artifacts, bundle = dict(staged.artifacts), None
+        if options.get("id_blocks"):
+            artifacts["id_blocks"] = _id_blocks(options["id_blocks"])
+    else:
+        artifacts, bundle = _artifacts(options)
     if artifacts:
         body["artifacts"] = artifacts
     if bundle:
@@ -164,8 +268,10 @@ def build_body(options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def sealed_key(client: KeyReleaseClient, options: dict[str, Any], name: str) -> str:
+def sealed_key(client: KeyReleaseClient, options: dict[str, Any], name: str, staged: Staged | None = None) -> str:
     """The volume key sealed to the server's ingestion key, from whichever source was given."""
+    if staged is not None and staged.staging.sealed_volume_key:
+        return read_sealed_key_file(staged.staging.sealed_volume_key)
     given = [k for k in KEY_SOURCES if options.get(k)]
     if len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
@@ -198,7 +304,8 @@ def apply(client: KeyReleaseClient, options: dict[str, Any], check_mode: bool = 
         return {"changed": True, "action": "deleted", "image": None, "id": existing["id"],
                 "diff": {"before": public(before), "after": {}}}
 
-    body = build_body(options)
+    staged = load_staged(options) if options.get("staging_dir") else None
+    body = build_body(options, staged)
     want_enabled = options.get("enabled")
     desired = image_facts(body)
     desired["enabled"] = bool(existing["enabled"]) if existing is not None and want_enabled is None else \
@@ -207,6 +314,8 @@ def apply(client: KeyReleaseClient, options: dict[str, Any], check_mode: bool = 
     same_content = existing is not None and existing.get("content_sha256") == content
     result: dict[str, Any] = {"diff": {"before": public(before), "after": public(desired)},
                               "content_sha256": content}
+    if staged is not None:
+        result["measurements"] = dict(staged.measurements)
     if existing is not None and not same_content and not options.get("replace"):
         differs = sorted(k for k in set(before) | set(desired)
                          if k not in ("content_sha256", "enabled") and before.get(k) != desired.get(k))
@@ -221,7 +330,7 @@ def apply(client: KeyReleaseClient, options: dict[str, Any], check_mode: bool = 
                       volume_key_compared=False)
         return result
 
-    body["sealed_volume_key"] = sealed_key(client, options, name)
+    body["sealed_volume_key"] = sealed_key(client, options, name, staged)
     if options.get("replace"):
         body["replace"] = True
     status, image = client.register_image(body)
