@@ -19,6 +19,8 @@ a virtio-serial port connects the guest to the host's simulated AMD-SP.
 from __future__ import annotations
 
 import base64
+import shlex
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,8 +113,29 @@ class Paths:
         return f"{self.state_dir}/amdsp.sock"
 
 
+#: Spawned by QEMU for each guest connection of a guest forward, with that connection as fd 0/1: relays it to
+#: the host's loopback port.  (A chardev target would be one connection opened when QEMU starts, which a TLS
+#: server closes after its handshake timeout; ``cmd:`` gives every connection its own.)
+GUESTFWD_RELAY = """import os, select, socket, sys
+guest = socket.socket(fileno=0)
+host = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+while True:
+    for side in select.select([guest, host], [], [])[0]:
+        data = side.recv(65536)
+        if not data:
+            sys.exit(0)
+        (host if side is guest else guest).sendall(data)
+"""
+
+
+def guestfwd_command(host_port: int, python: str | None = None) -> str:
+    """``cmd:<python> -c <relay> PORT`` with QEMU's comma escape (libslirp splits it like a shell)."""
+    argv = [python or sys.executable or "python3", "-c", GUESTFWD_RELAY, str(host_port)]
+    return "cmd:" + shlex.join(argv).replace(",", ",,")
+
+
 def build_argv(config: VmConfig, *, hashes_table_gpa: int | None = None, qemu_version: tuple[int, int] = (10, 0),
-               daemonize: bool = True) -> list[str]:
+               daemonize: bool = True, relay_python: str | None = None) -> list[str]:
     """The whole command line.  ``hashes_table_gpa`` (simulation only) is where OVMF looks for the table."""
     paths = Paths(config.state_dir)
     argv = [config.qemu, "-name", f"{config.name},process=snpguard-{config.name}", "-nodefaults", "-no-user-config",
@@ -154,7 +177,7 @@ def build_argv(config: VmConfig, *, hashes_table_gpa: int | None = None, qemu_ve
         for host_port, guest_port in config.forwards:
             netdev += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
         for address, port, host_port in config.guest_forwards:
-            netdev += f",guestfwd=tcp:{address}:{port}-tcp:127.0.0.1:{host_port}"
+            netdev += f",guestfwd=tcp:{address}:{port}-{guestfwd_command(host_port, relay_python)}"
         argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
     argv += ["-qmp", f"unix:{paths.qmp},server=on,wait=off",
              "-chardev", f"file,id=serial0,path={paths.serial_log}", "-serial", "chardev:serial0"]

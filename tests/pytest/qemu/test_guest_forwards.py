@@ -8,11 +8,15 @@ reaches the key-release server (booted for real in tests/pytest/agent/test_agent
 
 from __future__ import annotations
 
+import shlex
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.argv import build_argv
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.argv import GUESTFWD_RELAY, build_argv
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import VmConfig, parse_guest_forward
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 
@@ -28,10 +32,14 @@ def config(tmp_path: Path, **overrides: object) -> VmConfig:
 
 def test_a_guest_forward_is_a_guestfwd_of_the_restricted_user_netdev(tmp_path: Path) -> None:
     vm = config(tmp_path, forwards=[(2222, 22)], guest_forwards=[("10.0.2.100", 443, 8443)]).validate()
-    argv = build_argv(vm, daemonize=False)
+    argv = build_argv(vm, daemonize=False, relay_python="/usr/bin/python3")
     netdev = argv[argv.index("-netdev") + 1]
-    assert netdev == ("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
-                      "guestfwd=tcp:10.0.2.100:443-tcp:127.0.0.1:8443")
+    assert netdev.startswith("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,"
+                             "guestfwd=tcp:10.0.2.100:443-cmd:/usr/bin/python3 -c ")
+    assert netdev.endswith(" 8443") and netdev.count("guestfwd=") == 1
+    # QEMU un-doubles the commas; libslirp splits the rest like a shell: the relay and its port.
+    command = netdev.split("-cmd:", 1)[1].replace(",,", ",")
+    assert shlex.split(command) == ["/usr/bin/python3", "-c", GUESTFWD_RELAY, "8443"]
     assert config(tmp_path).validate().digest() != vm.digest()  # another launch configuration
 
 
@@ -70,3 +78,20 @@ def test_validate_refuses_without_user_network_and_duplicates(tmp_path: Path) ->
     with pytest.raises(SnpError) as info:
         config(tmp_path, guest_forwards=[("10.0.2.100", 443)]).validate()
     assert info.value.field == "guest_forwards"
+
+
+def test_the_relay_carries_one_connection_both_ways() -> None:
+    """The relay QEMU spawns, run as QEMU runs it: a connected socket as stdin, a loopback server to reach."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        guest, relay_end = socket.socketpair()
+        proc = subprocess.Popen([sys.executable, "-c", GUESTFWD_RELAY, str(server.getsockname()[1])],
+                                stdin=relay_end, stdout=relay_end)
+        relay_end.close()
+        conn, _addr = server.accept()
+        guest.sendall(b"hello")
+        assert conn.recv(5) == b"hello"
+        conn.sendall(b"world")
+        assert guest.recv(5) == b"world"
+        conn.close()
+        assert proc.wait(10) == 0
+        guest.close()
