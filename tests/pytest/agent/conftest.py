@@ -1,0 +1,190 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures of the agent's boot tests: a Debian 13 root, an initrd with the agent, a LUKS2 disk, a server.
+
+Everything is real: the root comes from mmdebstrap (cached, agent_root.py), the initrd from
+its own ``mkinitramfs``, the disk is LUKS2 (cryptsetup on the host writes the header; the
+file system and the marker go in through the libguestfs appliance, which has device
+mapper), and the key-release server is ``snpguard server run`` with a certificate for the
+address the guest reaches it at (QEMU guestfwd).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import agent_root
+from servers import ServerProcess
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import (
+    save_simulated_amdsp,
+)
+
+GUEST_SERVER = ("10.0.2.100", 443)  # where the guest reaches the server (guestfwd to the host's port)
+MAPPER = "root"
+CRYPTO_WHEEL_GLOB = "cryptography-*-abi3-*.whl"
+
+
+def stage(stages: dict[str, float], name: str, since: float) -> float:
+    now = time.monotonic()
+    stages[name] = round(now - since, 1)
+    print(f"stage {name}: {stages[name]} s", flush=True)
+    return now
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("building the agent's initrd needs root (mmdebstrap, chroot)")
+    for tool in ("mmdebstrap", "cryptsetup"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+
+
+def crypto_source() -> str:
+    """The controller's cryptography: its abi3 wheel if pip has one at hand, else the installed package."""
+    import cryptography
+
+    return str(Path(cryptography.__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="session")
+def firmware(artifacts: Path) -> Path:
+    return artifacts / "OVMF.amdsev.fd"
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory, sim) -> Path:
+    directory = tmp_path_factory.mktemp("agent") / "simulated-amdsp"
+    save_simulated_amdsp(sim, str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def guest_server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator[ServerProcess]:
+    """A server whose generated certificate names the address the guest uses."""
+    proc = ServerProcess(tmp_path_factory.mktemp("agent-server") / "data",
+                         ["--simulated-root", str(sim_root), "--offline", "--tls-ips", f"127.0.0.1,{GUEST_SERVER[0]}"])
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def guest_admin(guest_server: ServerProcess):
+    with guest_server.client(guest_server.mint_token()) as client:
+        yield client
+
+
+@dataclass
+class LuksDisk:
+    path: Path
+    uuid: str
+    key: bytes
+    marker: str
+
+    def copy(self, dest: Path) -> Path:
+        shutil.copyfile(self.path, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def luks_disk(tmp_path_factory: pytest.TempPathFactory) -> LuksDisk:
+    """64 MiB LUKS2 (argon2id, cheap parameters for TCG) holding ext4 with /snpguard-marker."""
+    need_root()
+    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+    guestfs = pytest.importorskip("guestfs")
+    started = time.monotonic()
+    directory = tmp_path_factory.mktemp("luks")
+    # 64 random bytes the agent pipes to cryptsetup; printable (base64url of 48 random bytes) only because the
+    # libguestfs API takes the passphrase as a string when the file system is put in.
+    key = base64.urlsafe_b64encode(secrets.token_bytes(48))
+    key_file = directory / "key"
+    key_file.write_bytes(key)
+    key_file.chmod(0o600)
+    disk, volume = directory / "disk.raw", str(uuid.uuid4())
+    marker = f"snpguard-marker-{secrets.token_hex(8)}"
+    with open(disk, "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["cryptsetup", "luksFormat", "--type", "luks2", "--batch-mode", "--key-file", str(key_file),
+                    "--pbkdf", "argon2id", "--pbkdf-memory", "65536", "--pbkdf-force-iterations", "4",
+                    "--pbkdf-parallel", "1", "--uuid", volume, str(disk)], check=True, capture_output=True)
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(disk), format="raw", readonly=False)
+        g.launch()
+        g.cryptsetup_open("/dev/sda", key.decode(), MAPPER)
+        g.mkfs("ext4", f"/dev/mapper/{MAPPER}")
+        g.mount(f"/dev/mapper/{MAPPER}", "/")
+        g.write("/snpguard-marker", marker.encode())
+        g.umount_all()
+        g.cryptsetup_close(f"/dev/mapper/{MAPPER}")
+        g.shutdown()
+    finally:
+        g.close()
+    key_file.unlink()
+    print(f"stage luks_disk: {time.monotonic() - started:.1f} s", flush=True)
+    return LuksDisk(disk, volume, key, marker)
+
+
+@dataclass
+class AgentInitrd:
+    kernel: Path
+    initrd: Path
+    plain_initrd: Path
+    kernel_version: str
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def agent_initrd(tmp_path_factory: pytest.TempPathFactory, guest_server: ServerProcess,
+                 luks_disk: LuksDisk) -> AgentInitrd:
+    """The Debian 13 root's own kernel and an initrd made by its mkinitramfs, with and without the agent."""
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.config import AgentConfig
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.payload import agent_files
+
+    need_root()
+    seconds: dict[str, float] = {}
+    t0 = time.monotonic()
+    cached = agent_root.build()
+    t = stage(seconds, "debian_root", t0)
+    version = agent_root.manifest(cached)["kernels"][0]
+    out = tmp_path_factory.mktemp("initrd")
+    with agent_root.work_copy(cached, out / "root") as root:
+        t = stage(seconds, "root_copy", t)
+        # What the converter writes: the root's crypttab entry (cryptroot then finds it open), fstab.
+        (root / "etc/crypttab").write_text(f"{MAPPER} UUID={luks_disk.uuid} none luks,discard,initramfs\n")
+        (root / "etc/fstab").write_text(f"/dev/mapper/{MAPPER} / ext4 defaults 0 1\n")
+        agent_root.mkinitramfs(root, version, out / "initrd-plain.img")
+        t = stage(seconds, "mkinitramfs_plain", t)
+        config = AgentConfig(url=f"https://{GUEST_SERVER[0]}:{GUEST_SERVER[1]}", image="agent-boot",
+                             luks_device=f"UUID={luks_disk.uuid}", mapper_name=MAPPER, report_source="channel",
+                             retries=6, backoff_initial=1.0, backoff_max=8.0, timeout=20.0)
+        ca_pem = (guest_server.data_dir / "tls" / "ca.pem").read_bytes()
+        files = agent_files(config, ca_pem, crypto_source())
+        t = stage(seconds, "agent_files", t)
+        agent_root.write_files(root, files)
+        marker = root / "etc/initramfs-tools/scripts/init-bottom/snpguard-test-marker"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(agent_root.MARKER_SCRIPT)
+        marker.chmod(0o755)
+        agent_root.mkinitramfs(root, version, out / "initrd-agent.img")
+        t = stage(seconds, "mkinitramfs_agent", t)
+        shutil.copyfile(root / "boot" / f"vmlinuz-{version}", out / "vmlinuz")
+    (out / "sizes.json").write_text(json.dumps({"plain": (out / "initrd-plain.img").stat().st_size,
+                                                "agent": (out / "initrd-agent.img").stat().st_size}))
+    return AgentInitrd(out / "vmlinuz", out / "initrd-agent.img", out / "initrd-plain.img", version, seconds)
