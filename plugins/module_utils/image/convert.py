@@ -293,11 +293,15 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
                    force_tcg=options.force_tcg) as handle:
         say("partitioning the new image like the stock one")
         start = facts.root.start // 512
+        # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
+        # whole 4 KiB sectors: the LUKS2 data segment uses 4096-byte sectors.
+        last_usable = (facts.disk_size + LUKS_HEADER_MARGIN) // 512 - 34
+        end = start + (last_usable - start + 1) // 8 * 8 - 1
         shell(handle, "partition the new image", "\n".join([
             "sgdisk --backup=/tmp/gpt /dev/sda >/dev/null",
             "sgdisk --load-backup=/tmp/gpt /dev/sdb >/dev/null",
             "sgdisk -e /dev/sdb >/dev/null",
-            f"sgdisk -d {root_number} -n {root_number}:{start}:0 -t {root_number}:{facts.root.gpt_type} "
+            f"sgdisk -d {root_number} -n {root_number}:{start}:{end} -t {root_number}:{facts.root.gpt_type} "
             f"-u {root_number}:{facts.root.gpt_guid} -c {root_number}:{_sgdisk_name(facts.root.name)} "
             "/dev/sdb >/dev/null",
             "partprobe /dev/sdb 2>/dev/null || blockdev --rereadpt /dev/sdb",

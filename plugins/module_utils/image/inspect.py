@@ -126,7 +126,7 @@ def _version_key(version: str) -> list[Any]:
 
 
 def _read_text(handle: Any, path: str, limit: int = 1 << 20) -> str | None:
-    if not handle.is_file(path):
+    if not handle.is_file(path, followsymlinks=True):
         return None
     data = call(f"read {path}", handle.read_file, path)
     return data[:limit].decode("utf-8", "replace")

@@ -112,21 +112,21 @@ def fetch_debs(wanted: list[str], *, codename: str, status: str, work: str, run:
                f"-oDir::Cache={root}/cache", "-oAPT::Architecture=amd64", "-oAPT::Architectures::=amd64",
                "-oAcquire::Languages=none", "-oDebug::NoLocking=1", "-oAPT::Sandbox::User=root",
                "-oAcquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"]
-    before = set(glob.glob(os.path.join(archives, "*.deb")))
     for args in (["update"], ["install", "--download-only", "-y", "--no-install-recommends", *missing]):
         rc, out, err = run(["apt-get", "-q", *options, *args], APT_TIMEOUT)
         problems = [line for line in (out + err).splitlines() if re.match(r"^\s*(E|Err):", line)]
         if rc != 0 or problems:
             raise SnpError(f"apt-get {args[0]} for {codename} from {mirror} failed (exit {rc}): "
                            + " / ".join((problems or (out + err).splitlines())[-5:]), field="packages")
-    # apt keeps what it fetched in earlier runs: take the packages this resolution needs.
-    rc, out, err = run(["apt-get", "-q", *options, "install", "--print-uris", "-y", "--no-install-recommends",
-                        *missing], APT_TIMEOUT)
-    names = re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M)
-    debs = sorted(os.path.join(archives, name) for name in names)
-    if rc != 0 or not all(os.path.isfile(path) for path in debs):
-        # --print-uris lists nothing for packages already downloaded: fall back to what appeared.
-        debs = sorted(set(glob.glob(os.path.join(archives, "*.deb"))) - before) or debs
+    # Which packages this resolution installs (apt's simulation), and their files in the cache.
+    rc, out, err = run(["apt-get", "-q", "-s", *options, "install", "-y", "--no-install-recommends", *missing],
+                       APT_TIMEOUT)
+    debs = []
+    for name, version, arch in re.findall(r"^Inst (\S+) \((\S+) .*?\[(\S+)\]\)", out, re.M):
+        path = os.path.join(archives, f"{name}_{version.replace(':', '%3a')}_{arch}.deb")
+        if not os.path.isfile(path):
+            raise SnpError(f"apt-get did not fetch {name} {version}", field="packages", path=path)
+        debs.append(path)
     if not debs:
         raise SnpError(f"apt-get fetched nothing for {', '.join(missing)}", field="packages")
     return debs
