@@ -33,6 +33,7 @@ from ..plugins.module_utils.keyrelease.admin_client import (
     token_id,
 )
 from ..plugins.module_utils.snp.errors import SnpError
+from . import image as image_verbs
 from .common import Refused, UsageError, add_json, examples
 from .image_convert import add_convert
 
@@ -167,11 +168,12 @@ def register(subparsers: Any) -> None:
     image = subparsers.add_parser(
         "image", help="register and manage images on the key-release server",
         description="Register an image (its measurements, the policy a guest must meet, its volume key sealed to "
-                    "the server), and list, show, enable, disable, delete it or download its launch bundle.",
+                    "the server), and list, show, enable, disable, delete it or download its launch bundle; embed "
+                    "a bundle into the image itself.",
         epilog=examples("snpguard image register debian13-web --measurement 1=HEX --sealed-key-file key.sealed",
                         "snpguard image list", "snpguard image show debian13-web"))
     actions = image.add_subparsers(dest="image_action", metavar="ACTION", required=True,
-                                   help="register, list, show, enable, disable, delete or bundle")
+                                   help="register, list, show, enable, disable, delete, bundle or embed")
     reg = actions.add_parser(
         "register", help="register an image (idempotent; --check says what would change)",
         description="Register an image: identical content again changes nothing; other content under the same "
@@ -250,6 +252,7 @@ def register(subparsers: Any) -> None:
     bundle.add_argument("-o", "--output", metavar="FILE", help="default NAME.bundle.tar.gz here")
     _connection(bundle)
     bundle.set_defaults(handler=_image_bundle)
+    image_verbs.add_actions(actions)
     add_convert(actions)
 
     token = subparsers.add_parser(
