@@ -167,7 +167,11 @@ def cryptsetup_open(device: str, name: str, key: bytearray, allow_discards: bool
 def release_key(config: AgentConfig, get_report: ReportSource, *,
                 sleep: Callable[[float], None] = time.sleep) -> tuple[int, bytearray | None]:
     """The handshake with retries; (exit status, key or None)."""
-    client = AgentClient(config.url, ca_file=config.ca_file, timeout=config.timeout)
+    try:
+        client = AgentClient(config.url, ca_file=config.ca_file, timeout=config.timeout)
+    except SnpError as exc:
+        say(f"bad configuration: {exc}")
+        return EXIT_CONFIG, None
     for attempt in range(1, config.retries + 1):
         started = time.monotonic()
         try:

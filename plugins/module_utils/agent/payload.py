@@ -34,8 +34,9 @@ ENTRY = "plugins/module_utils/agent/main.py"
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 #: The stdlib modules the agent imports (Python 3.13, found by running it with a real HTTPS
-#: request, HPKE, ctypes and the config/network parsers, and listing ``sys.modules``; a test
-#: repeats that in a Debian 13 root and fails when this list misses one).  Modules built into
+#: request, HPKE, ctypes and the config/network parsers, and listing ``sys.modules``; the hook
+#: imports the agent in the initrd's own layout, so mkinitramfs fails when this list misses one,
+#: and tests/pytest/agent/test_agent_boot.py boots it).  Modules built into
 #: the interpreter (posix, _io, _socket, zlib, …) need no file.
 STDLIB_MODULES = (
     "__future__", "_collections_abc", "_colorize", "_compression", "_opcode_metadata", "_weakrefset", "abc",

@@ -36,7 +36,6 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator
 
 GUEST_SERVER = ("10.0.2.100", 443)  # where the guest reaches the server (guestfwd to the host's port)
 MAPPER = "root"
-CRYPTO_WHEEL_GLOB = "cryptography-*-abi3-*.whl"
 
 
 def stage(stages: dict[str, float], name: str, since: float) -> float:
@@ -55,7 +54,7 @@ def need_root() -> None:
 
 
 def crypto_source() -> str:
-    """The controller's cryptography: its abi3 wheel if pip has one at hand, else the installed package."""
+    """The controller's installed cryptography (an abi3 build: it loads in the image's Python 3.13)."""
     import cryptography
 
     return str(Path(cryptography.__file__).resolve().parent.parent)
