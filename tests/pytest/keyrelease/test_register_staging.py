@@ -37,6 +37,8 @@ CMDLINE = "console=ttyS0 root=/dev/mapper/root ro snpguard.test=1"
 def cmdline_of(image: str) -> str:
     """Each test image has its own command line: a measurement is registered to one image only."""
     return f"{CMDLINE} snpguard.image={image}"
+
+
 LAUNCH = {"vcpus": [1, 2], "vcpu_type": "EPYC-v4", "policy": "0x30000", "guest_features": "0x1", "vmm_type": "QEMU"}
 PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
