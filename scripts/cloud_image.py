@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """Build a stock Debian 13 "genericcloud-like" qcow2 image: the converter's test input.

@@ -24,35 +24,35 @@ MODULE_DIR = "/usr/lib/dracut/modules.d/90snpguard-agent"
 MODULE_SETUP = r"""#!/bin/bash
 # snpguard-agent dracut module (written by snpguard.cvm; do not edit).
 check() {
-	[ -r @CONFIG@ ] && [ -d @AGENT_DIR@ ] && require_binaries cryptsetup || return 1
-	return 0
+    [ -r @CONFIG@ ] && [ -d @AGENT_DIR@ ] && require_binaries cryptsetup || return 1
+    return 0
 }
 
 depends() {
-	echo network crypt
+    echo network crypt
 }
 
 installkernel() {
-	instmods sev-guest tsm configfs dm_mod dm_crypt dm_integrity virtio_console
-	instmods =drivers/net
+    instmods sev-guest tsm configfs dm_mod dm_crypt dm_integrity virtio_console
+    instmods =drivers/net
 }
 
 install() {
-	AGENT=@AGENT_DIR@
-	DEST=$initdir
-	snpguard_fail() { derror "snpguard-agent: $*"; exit 1; }
-	copy_bin() {
-		if [ -n "${2-}" ]; then inst_binary "$1" "$2"; else inst_binary "$1"; fi || snpguard_fail "cannot copy $1"
-	}
-	copy_plain() { inst_simple "$1" "$2" || snpguard_fail "cannot copy $1"; }
+    AGENT=@AGENT_DIR@
+    DEST=$initdir
+    snpguard_fail() { derror "snpguard-agent: $*"; exit 1; }
+    copy_bin() {
+        if [ -n "${2-}" ]; then inst_binary "$1" "$2"; else inst_binary "$1"; fi || snpguard_fail "cannot copy $1"
+    }
+    copy_plain() { inst_simple "$1" "$2" || snpguard_fail "cannot copy $1"; }
 @COPY_PYTHON@
-	snpguard_copy_python
-	inst_simple @CONFIG@
-	[ -r @CA@ ] && inst_simple @CA@
-	inst_multiple cryptsetup
-	mkdir -p "$initdir/etc/cmdline.d"
-	echo "rd.neednet=1 @IP@" > "$initdir/etc/cmdline.d/90snpguard-agent.conf"
-	inst_hook initqueue/settled 90 "$moddir/snpguard-agent.sh"
+    snpguard_copy_python
+    inst_simple @CONFIG@
+    [ -r @CA@ ] && inst_simple @CA@
+    inst_multiple cryptsetup
+    mkdir -p "$initdir/etc/cmdline.d"
+    echo "rd.neednet=1 @IP@" > "$initdir/etc/cmdline.d/90snpguard-agent.conf"
+    inst_hook initqueue/settled 90 "$moddir/snpguard-agent.sh"
 }
 """
 
@@ -65,15 +65,15 @@ ls /tmp/net.*.did-setup >/dev/null 2>&1 || return 0 2>/dev/null
 : > /tmp/snpguard-agent.done
 for module in sev-guest tsm dm_crypt; do modprobe -q "$module" 2>/dev/null || true; done
 if [ -d /sys/kernel/config ] && ! grep -q " /sys/kernel/config " /proc/mounts; then
-	mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
+    mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
 fi
 if ! /usr/bin/python3 -I -S -B @AGENT_DIR@/snpguard-agent.py --config @CONFIG@; then
-	echo "snpguard-agent: the root stays locked; stopping this boot: no root, no shell; powering off" > /dev/console
-	sync
-	echo o > /proc/sysrq-trigger
-	sleep 10
-	poweroff -f
-	while :; do sleep 60; done
+    echo "snpguard-agent: the root stays locked; stopping this boot: no root, no shell; powering off" > /dev/console
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 10
+    poweroff -f
+    while :; do sleep 60; done
 fi
 """
 

@@ -29,47 +29,47 @@ PANIC_PATH = "/etc/initramfs-tools/scripts/panic/snpguard-agent"
 #: Needs: AGENT (the agent dir), DEST (the initrd root), copy_bin SRC [DST] and copy_plain SRC DST.
 COPY_PYTHON = r"""
 snpguard_copy_python() {
-	PY=$(readlink -f /usr/bin/python3) || snpguard_fail "python3 is not installed in the image"
-	[ -x "$PY" ] || snpguard_fail "python3 is not installed in the image"
-	PYNAME=${PY##*/}
-	VER=${PYNAME#python}
-	TAG=$(echo "$VER" | tr -d .)
-	LIB=/usr/lib/$PYNAME
-	copy_bin "$PY" "/usr/bin/$PYNAME"
-	ln -sf "$PYNAME" "$DEST/usr/bin/python3"
-	for mod in @STDLIB_MODULES@; do
-		rel=$(echo "$mod" | tr . /)
-		if [ -f "$LIB/$rel/__init__.py" ]; then
-			rel=$rel/__init__
-		elif [ ! -f "$LIB/$rel.py" ]; then
-			continue  # not in this Python (another minor version); the import check below decides
-		fi
-		copy_plain "$LIB/$rel.py" "$LIB/$rel.py"
-		dir=${rel%/*}; [ "$dir" = "$rel" ] && dir= || dir=/$dir
-		base=${rel##*/}
-		pyc="$LIB$dir/__pycache__/$base.cpython-$TAG.pyc"
-		[ -f "$pyc" ] && copy_plain "$pyc" "$pyc"
-	done
-	for ext in @STDLIB_EXTENSIONS@; do
-		for so in "$LIB"/lib-dynload/"$ext".cpython-"$TAG"-*.so; do
-			[ -f "$so" ] && copy_bin "$so" "$so"
-		done
-	done
-	cffi=
-	for so in /usr/lib/python3/dist-packages/_cffi_backend.cpython-"$TAG"-*.so \
-			"$AGENT"/_cffi_backend.cpython-"$TAG"-*.so; do
-		[ -f "$so" ] && cffi=$so && break
-	done
-	[ -n "$cffi" ] || snpguard_fail "no _cffi_backend for $PYNAME (install python3-cffi-backend): cryptography needs it"
-	# copy_exec first (it copies a library's dependencies only when it copies the file itself), then the tree.
-	find "$AGENT" -name '*.so' | while read -r so; do copy_bin "$so" "$so"; done
-	copy_bin "$cffi" "$AGENT/${cffi##*/}"
-	mkdir -p "$DEST$AGENT"
-	cp -a "$AGENT/." "$DEST$AGENT/"
-	"$PY" -I -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$DEST" -p / "$DEST$AGENT" >/dev/null \
-		|| snpguard_fail "cannot byte-compile the agent"
-	# The agent must import with the initrd's own Python tree (prefix $DEST/usr), not the image's.
-	"$DEST/usr/bin/$PYNAME" -I -S -B -c "import sys; sys.path[:0] = ['$DEST$AGENT']
+    PY=$(readlink -f /usr/bin/python3) || snpguard_fail "python3 is not installed in the image"
+    [ -x "$PY" ] || snpguard_fail "python3 is not installed in the image"
+    PYNAME=${PY##*/}
+    VER=${PYNAME#python}
+    TAG=$(echo "$VER" | tr -d .)
+    LIB=/usr/lib/$PYNAME
+    copy_bin "$PY" "/usr/bin/$PYNAME"
+    ln -sf "$PYNAME" "$DEST/usr/bin/python3"
+    for mod in @STDLIB_MODULES@; do
+        rel=$(echo "$mod" | tr . /)
+        if [ -f "$LIB/$rel/__init__.py" ]; then
+            rel=$rel/__init__
+        elif [ ! -f "$LIB/$rel.py" ]; then
+            continue  # not in this Python (another minor version); the import check below decides
+        fi
+        copy_plain "$LIB/$rel.py" "$LIB/$rel.py"
+        dir=${rel%/*}; [ "$dir" = "$rel" ] && dir= || dir=/$dir
+        base=${rel##*/}
+        pyc="$LIB$dir/__pycache__/$base.cpython-$TAG.pyc"
+        [ -f "$pyc" ] && copy_plain "$pyc" "$pyc"
+    done
+    for ext in @STDLIB_EXTENSIONS@; do
+        for so in "$LIB"/lib-dynload/"$ext".cpython-"$TAG"-*.so; do
+            [ -f "$so" ] && copy_bin "$so" "$so"
+        done
+    done
+    cffi=
+    for so in /usr/lib/python3/dist-packages/_cffi_backend.cpython-"$TAG"-*.so \
+            "$AGENT"/_cffi_backend.cpython-"$TAG"-*.so; do
+        [ -f "$so" ] && cffi=$so && break
+    done
+    [ -n "$cffi" ] || snpguard_fail "no _cffi_backend for $PYNAME (install python3-cffi-backend): cryptography needs it"
+    # copy_exec first (it copies a library's dependencies only when it copies the file itself), then the tree.
+    find "$AGENT" -name '*.so' | while read -r so; do copy_bin "$so" "$so"; done
+    copy_bin "$cffi" "$AGENT/${cffi##*/}"
+    mkdir -p "$DEST$AGENT"
+    cp -a "$AGENT/." "$DEST$AGENT/"
+    "$PY" -I -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$DEST" -p / "$DEST$AGENT" >/dev/null \
+        || snpguard_fail "cannot byte-compile the agent"
+    # The agent must import with the initrd's own Python tree (prefix $DEST/usr), not the image's.
+    "$DEST/usr/bin/$PYNAME" -I -S -B -c "import sys; sys.path[:0] = ['$DEST$AGENT']
 import @IMPORT_CHECK@
 from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
 AgentSession()" || snpguard_fail "the agent does not import in the initrd's layout (a module missing above?)"
@@ -101,7 +101,7 @@ CRYPTSETUP=$(command -v cryptsetup || echo /usr/sbin/cryptsetup)
 [ -x "$CRYPTSETUP" ] || snpguard_fail "cryptsetup is not installed in the image"
 copy_bin "$CRYPTSETUP" /usr/sbin/cryptsetup
 for module in sev-guest tsm tsm_report configfs dm_mod dm_crypt dm_integrity virtio_console; do
-	manual_add_modules "$module" 2>/dev/null || true
+    manual_add_modules "$module" 2>/dev/null || true
 done
 auto_add_modules net
 exit 0
@@ -118,21 +118,21 @@ esac
 . /scripts/functions
 
 snpguard_stop() {
-	echo "snpguard-agent: $*"
-	echo "snpguard-agent: stopping this boot: no root file system, no shell; powering off"
-	sync
-	echo o > /proc/sysrq-trigger
-	sleep 10
-	poweroff -f
-	while :; do sleep 60; done
+    echo "snpguard-agent: $*"
+    echo "snpguard-agent: stopping this boot: no root file system, no shell; powering off"
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 10
+    poweroff -f
+    while :; do sleep 60; done
 }
 
 if [ -b "/dev/mapper/@MAPPER@" ]; then
-	exit 0
+    exit 0
 fi
 for module in sev-guest tsm dm_crypt; do modprobe -q "$module" 2>/dev/null || true; done
 if [ -d /sys/kernel/config ] && ! grep -q " /sys/kernel/config " /proc/mounts; then
-	mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
+    mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
 fi
 # DHCP unless the measured command line's ip= says otherwise.
 [ -n "${IP-}" ] || IP=dhcp
@@ -142,13 +142,13 @@ status=$?
 [ "$status" -eq 0 ] || snpguard_stop "the root stays locked (agent status $status)"
 # Leave no initrd network configuration behind for the real system's network stack.
 for conf in /run/net-*.conf; do
-	[ -e "$conf" ] || continue
-	dev=${conf#/run/net-}; dev=${dev%.conf}
-	if command -v ip >/dev/null 2>&1; then
-		ip -4 addr flush dev "$dev" 2>/dev/null || true
-		ip link set "$dev" down 2>/dev/null || true
-	fi
-	rm -f "$conf"
+    [ -e "$conf" ] || continue
+    dev=${conf#/run/net-}; dev=${dev%.conf}
+    if command -v ip >/dev/null 2>&1; then
+        ip -4 addr flush dev "$dev" 2>/dev/null || true
+        ip link set "$dev" down 2>/dev/null || true
+    fi
+    rm -f "$conf"
 done
 exit 0
 """

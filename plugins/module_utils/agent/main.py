@@ -245,6 +245,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"{'done' if status == EXIT_OK else 'FAILED'} in {time.monotonic() - started:.1f} s (status {status})")
     return status
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -334,7 +334,7 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             "cd /tmp/src && for e in * .[!.]*; do [ -e \"$e\" ] || [ -L \"$e\" ] || continue; "
             "printf '%s\\t%s\\n' \"$(du -sxb -- \"$e\" | cut -f1)\" \"$e\"; done"]))
         entries = [line.split("\t", 1) for line in sizes.splitlines() if "\t" in line]
-        total = sum(int(size) for size, _ in entries) or 1
+        total = sum(int(entry[0]) for entry in entries) or 1
         done = 0
         for size, entry in entries:
             done += int(size)

@@ -73,9 +73,8 @@ def agent_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if "snpguard-agent:" in line or "SNPGUARD-TEST" in line]
 
 
-def test_the_agent_attests_unlocks_the_root_and_initramfs_mounts_it(tmp_path: Path, firmware: Path, sim_dir: Path,
-                                                                   guest_server, guest_admin, luks_disk,
-                                                                   agent_initrd) -> None:
+def test_the_agent_attests_unlocks_the_root_and_initramfs_mounts_it(
+        tmp_path: Path, firmware: Path, sim_dir: Path, guest_server, guest_admin, luks_disk, agent_initrd) -> None:
     stages: dict[str, float] = dict(agent_initrd.seconds)
     t = time.monotonic()
     config = launch(tmp_path, "agent-ok", firmware, agent_initrd, luks_disk.copy(tmp_path / "disk.raw"),
@@ -113,9 +112,8 @@ def test_the_agent_attests_unlocks_the_root_and_initramfs_mounts_it(tmp_path: Pa
     assert growth <= 15 * MIB
 
 
-def test_a_refusal_is_named_on_the_console_and_the_vm_powers_off_locked(tmp_path: Path, firmware: Path,
-                                                                       sim_dir: Path, guest_server, guest_admin,
-                                                                       luks_disk, agent_initrd) -> None:
+def test_a_refusal_is_named_on_the_console_and_the_vm_powers_off_locked(
+        tmp_path: Path, firmware: Path, sim_dir: Path, guest_server, guest_admin, luks_disk, agent_initrd) -> None:
     stages: dict[str, float] = {}
     t = time.monotonic()
     config = launch(tmp_path, "agent-refused", firmware, agent_initrd, luks_disk.copy(tmp_path / "disk.raw"),
