@@ -244,4 +244,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = run(config, get, cmdline=cmdline)
     say(f"{'done' if status == EXIT_OK else 'FAILED'} in {time.monotonic() - started:.1f} s (status {status})")
     return status
-

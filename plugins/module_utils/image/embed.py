@@ -402,8 +402,8 @@ def _create(image: str, fmt: str, disk_size: int, gpt: Gpt, size: int, files: Ma
                   partition={"number": None, "start": layout.start * SECTOR, "size": size, "label": LABEL,
                              "created": True},
                   grown_by=grow,
-                  diff={"before": _describe(SlotState()), "after": {"active": SLOTS[0],
-                                                                   "bundle_digest": manifest["digest"]}})
+                  diff={"before": _describe(SlotState()),
+                        "after": {"active": SLOTS[0], "bundle_digest": manifest["digest"]}})
     result["msg"] = (f"{'would grow' if check_mode else 'grew'} the image by {grow} bytes, "
                      f"{'would add' if check_mode else 'added'} a {size >> 20} MiB {LABEL} partition and "
                      f"{'would write' if check_mode else 'wrote'} the bundle to {SLOTS[0]}/")
@@ -487,8 +487,8 @@ def _update(image: str, fmt: str, found: Partition, files: Mapping[str, bytes], 
                       msg=f"{'would write' if check_mode else 'wrote'} the bundle to {target}/ and "
                           f"{'would switch' if check_mode else 'switched'} {LINK} from "
                           f"{state.active or 'nothing'} to {target}",
-                      diff={"before": _describe(state), "after": {"active": target,
-                                                                 "bundle_digest": manifest["digest"]}})
+                      diff={"before": _describe(state),
+                            "after": {"active": target, "bundle_digest": manifest["digest"]}})
         if not check_mode:
             g.umount("/")
             g.mount(part, "/")

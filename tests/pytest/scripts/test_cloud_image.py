@@ -86,8 +86,8 @@ def test_layout_is_debians_cloud_layout(ci) -> None:
     assert root["start"] == 262144
     assert (root["end"] + 1) % 2048 == 0
     assert root["end"] <= ci.DISK_SECTORS - 34  # before the backup GPT
-    assert (root["fs"], root["mountpoint"], table[15]["fs"], table[15]["mountpoint"]) == ("ext4", "/", "vfat",
-                                                                                         "/boot/efi")
+    expected = ("ext4", "/", "vfat", "/boot/efi")
+    assert (root["fs"], root["mountpoint"], table[15]["fs"], table[15]["mountpoint"]) == expected
     assert table[14]["fs"] is None
 
 
