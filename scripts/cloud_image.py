@@ -17,8 +17,9 @@ or ``dracut``.  Neither has cryptsetup: adding what an image lacks is the conver
 Cache: ${SNPGUARD_CLOUD_IMAGE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/snpguard/cloud-images}/
 <variant>-<recipe-id>/ holding image.qcow2 and manifest.json.  The recipe id is a digest
 of everything that decides the image's contents (suite, mirror, packages, layout, the
-files written into it, a revision number); a changed recipe builds a new directory and
-removes the variant's older ones.  Builds run under a lock (parallel test processes build
+files written into it, a revision number); a changed recipe builds a new directory; the
+variant's three most recent images are kept (other checkouts sharing the cache may be at
+other recipes), older ones removed.  Builds run under a lock (parallel test processes build
 once), in a temporary directory renamed into place when complete: no partial image is ever
 visible under the final name.  UUIDs are derived from the recipe id, so a rebuild of the
 same recipe has the same identifiers (its bytes may still differ: timestamps).
@@ -52,7 +53,9 @@ Manifest (manifest.json, ``schema`` 1; fields are only ever added):
   image_sha256    hex digest of image.qcow2;  image_bytes: its size
   format          "qcow2";  virtual_size: bytes of the virtual disk
   suite, debian_version, python ("3.13"), initrd_generator (= variant)
-  kernels         [{"version", "vmlinuz": "/boot/vmlinuz-V", "initrd": "/boot/initrd.img-V"}], newest last
+  kernels         [{"version", "vmlinuz": "/boot/vmlinuz-V", "initrd": "/boot/initrd.img-V",
+                    "vmlinuz_bytes", "initrd_bytes"}], newest last (initrd_bytes: the stock initrd's size,
+                    the baseline of the agent's initrd growth)
   cmdline         the kernel arguments of grub.cfg's first entry (root=UUID=... ro ...)
   root_fs_uuid, esp_fs_uuid
   disk            {"table": "gpt", "disk_guid", "sector_size": 512, "sectors",
@@ -123,8 +126,10 @@ GRUB_EFI_MODULES = [
     "part_gpt", "fat", "ext2", "normal", "configfile", "search", "search_fs_uuid", "linux", "gzio",
     "echo", "test", "all_video", "serial", "terminal", "efi_gop",
 ]
+# Images of one variant kept in the cache (the newest; other checkouts may use older recipes).
+KEEP_BUILDS = 3
 # Bumped whenever the build steps change what the image looks like beyond what the recipe lists.
-RECIPE_REVISION = 1
+RECIPE_REVISION = 2
 # Static files written into the root before any package is installed (so the kernel's first
 # initrd is already made with them).  fstab and the ESP's grub.cfg depend on UUIDs and are
 # added per build.
@@ -389,7 +394,8 @@ def kernel_list(root: Path) -> list[dict]:
         initrd = root / "boot" / f"initrd.img-{version}"
         if not initrd.is_file():
             raise CloudImageError(f"kernel {version} has no initrd in the image's /boot")
-        rows.append({"version": version, "vmlinuz": f"/boot/{vmlinuz.name}", "initrd": f"/boot/{initrd.name}"})
+        rows.append({"version": version, "vmlinuz": f"/boot/{vmlinuz.name}", "initrd": f"/boot/{initrd.name}",
+                     "vmlinuz_bytes": vmlinuz.stat().st_size, "initrd_bytes": initrd.stat().st_size})
     if not rows:
         raise CloudImageError("no kernel in the image's /boot")
     return rows
@@ -474,6 +480,19 @@ def assemble(work: Path, root: Path, ids: dict[str, str], table: list[dict]) -> 
     run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)])
     raw.unlink()
     return qcow2
+
+
+def prune(variant: str, keep: Path) -> None:
+    """Remove the variant's older images beyond the KEEP_BUILDS most recent.
+
+    Not only the current one survives: checkouts at other commits (another worktree, a CI
+    tree) share the cache with other recipes, and removing theirs would make each rebuild
+    its own in turn.
+    """
+    built = [d for d in cache_root().glob(f"{variant}-*") if d.is_dir() and (d / "manifest.json").is_file()]
+    built.sort(key=lambda d: (d != keep, -(d / "manifest.json").stat().st_mtime))
+    for stale in built[KEEP_BUILDS:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:
@@ -566,9 +585,7 @@ def build(variant: str = "initramfs-tools", refresh: bool = False) -> Path:
                 target.rename(old)
             work.rename(target)
             shutil.rmtree(old, ignore_errors=True)
-            for stale in root_dir.glob(f"{variant}-*"):
-                if stale != target and stale.is_dir() and (stale / "manifest.json").exists():
-                    shutil.rmtree(stale, ignore_errors=True)
+            prune(variant, keep=target)
             say(f"built {target} in {manifest['build_seconds']} s: {manifest['image_bytes'] / 2**20:.0f} MiB qcow2, "
                 f"kernel {kernels[-1]['version']}, {len(pkgs)} packages")
             return target / manifest["image"]

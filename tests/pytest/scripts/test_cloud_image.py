@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,20 @@ def test_path_prints_a_current_image(ci, tmp_path: Path) -> None:
     stale = cache / "initramfs-tools-0000000000000000"
     directory.rename(stale)
     assert run_cli("path", cache=cache).returncode == 1
+
+
+def test_prune_keeps_the_newest_and_the_current(ci, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SNPGUARD_CLOUD_IMAGE_CACHE", str(tmp_path))
+    dirs = []
+    for age in range(6):
+        directory = tmp_path / f"dracut-{age:016x}"
+        directory.mkdir()
+        (directory / "manifest.json").write_text("{}")
+        os.utime(directory / "manifest.json", (1_000_000 - age * 100, 1_000_000 - age * 100))
+        dirs.append(directory)
+    other = tmp_path / "initramfs-tools-0000000000000005"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")
+    ci.prune("dracut", keep=dirs[5])  # the oldest is the one just built (e.g. its clock)
+    assert sorted(d.name for d in tmp_path.iterdir()) == sorted(
+        [dirs[5].name, dirs[0].name, dirs[1].name, other.name])
