@@ -11,27 +11,13 @@ from dataclasses import asdict
 from typing import Any
 
 from ..common.process import Runner
+from ..measurement.snp_measure import vcpu_counts
 from ..snp.errors import SnpError
 from ..snp.options import parse_int
 from ..snp.policy import parse_policy
 from .convert import ConvertOptions, Progress, convert
 
 DEFAULT_FIRMWARE = "/usr/share/ovmf/OVMF.amdsev.fd"
-
-
-def _vcpus(value: Any) -> list[int]:
-    if value is None:
-        return [1]
-    items = value if isinstance(value, list) else str(value).split(",")
-    counts = []
-    for item in items:
-        count = parse_int(item, "vcpus")
-        if count is None:
-            raise SnpError(f"empty entry in {value!r}", field="vcpus")
-        counts.append(count)
-    if len(set(counts)) != len(counts):
-        raise SnpError(f"duplicate vCPU counts in {value!r}", field="vcpus")
-    return counts
 
 
 def _ingestion_key(value: Any) -> str | None:
@@ -56,7 +42,7 @@ def options_from(params: Mapping[str, Any]) -> ConvertOptions:
         name=params["name"], firmware=params.get("firmware") or DEFAULT_FIRMWARE,
         agent_url=params["server_url"], agent_ca_file=params["server_ca_file"],
         mode=params.get("mode") or "luks", kernel=params.get("kernel") or None,
-        vcpus=_vcpus(params.get("vcpus")), vcpu_type=params.get("vcpu_type") or "EPYC-v4",
+        vcpus=list(vcpu_counts(params.get("vcpus"))), vcpu_type=params.get("vcpu_type") or "EPYC-v4",
         policy=policy, guest_features=0x1 if features is None else features,
         extra_cmdline=params.get("extra_cmdline") or "", report_source=params.get("report_source") or "auto",
         ingestion_public_key=_ingestion_key(params.get("ingestion_public_key")),

@@ -31,7 +31,8 @@ def _enum(kind: Any, value: Any, field: str, default: Any) -> Any:
     return options.parse_enum(kind, value, field, default=default, error=MeasurementError)
 
 
-def _vcpu_counts(value: Any) -> tuple[int, ...]:
+def vcpu_counts(value: Any) -> tuple[int, ...]:
+    """vCPU counts from a list or 'N,N' text (default 1), refusing empty and duplicate entries."""
     if value is None:
         return (1,)
     items = value if isinstance(value, list | tuple) else str(value).split(",")
@@ -64,7 +65,7 @@ def build_config(options: Mapping[str, Any]) -> LaunchConfig:
     config = LaunchConfig(
         ovmf=options.get("ovmf"),
         mode=mode,
-        vcpus=_vcpu_counts(options.get("vcpus")) if mode in (Mode.SNP, Mode.SEV_ES, Mode.SNP_SVSM) else (),
+        vcpus=vcpu_counts(options.get("vcpus")) if mode in (Mode.SNP, Mode.SEV_ES, Mode.SNP_SVSM) else (),
         vcpu_sig=signature,
         vcpu_type=vcpu_type,
         kernel=options.get("kernel") or None,
