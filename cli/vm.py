@@ -52,6 +52,9 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
                         help="none (default), or QEMU's user network")
     parser.add_argument("--forward", dest="forwards", action="append", metavar="HOST:GUEST",
                         help="with --network user: forward 127.0.0.1:HOST to the guest's GUEST (TCP); repeatable")
+    parser.add_argument("--guest-forward", dest="guest_forwards", action="append", metavar="ADDRESS:PORT-HOSTPORT",
+                        help="with --network user: the guest's connections to ADDRESS:PORT reach 127.0.0.1:HOSTPORT "
+                             "(e.g. the key-release server for the agent); repeatable")
     parser.add_argument("--simulate", action="store_true",
                         help="a SIMULATED launch under TCG (no SEV-SNP hardware: OVMF checks the kernel hashes, a "
                              "host-side simulated AMD-SP signs the reports)")

@@ -129,6 +129,15 @@ options:
     description: With O(network=user), C(HOST:GUEST) TCP ports forwarded from 127.0.0.1.
     type: list
     elements: str
+  guest_forwards:
+    description:
+      - With O(network=user), connections the guest makes to C(ADDRESS:PORT) reach a TCP port on the
+        host's 127.0.0.1 (QEMU guestfwd), e.g. the key-release server for the agent in the initrd.
+      - Each is C(ADDRESS:PORT-HOSTPORT) or C({address, port, host_port}); ADDRESS is in QEMU's user
+        network 10.0.2.0/24 and not one of its own addresses (.2 gateway, .3 DNS, .15 the guest).
+      - Not with O(output=libvirt) (libvirt's user network has no guestfwd).
+    type: list
+    elements: raw
   simulate:
     description: A simulated SNP launch under TCG (no SEV-SNP hardware; test labs only, see description).
     type: bool
@@ -260,6 +269,7 @@ def main() -> None:
             "disks": {"type": "list", "elements": "raw"},
             "network": {"type": "str", "choices": ["none", "user"], "default": "none"},
             "forwards": {"type": "list", "elements": "str"},
+            "guest_forwards": {"type": "list", "elements": "raw"},
             "simulate": {"type": "bool", "default": False},
             "simulated_amdsp": {"type": "path"},
             "qemu": {"type": "str", "default": "qemu-system-x86_64"},

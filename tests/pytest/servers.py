@@ -44,6 +44,15 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.snp.tcb import Produc
 REPO = Path(__file__).resolve().parents[2]
 DEVROOT = REPO / "build" / "devroot"
 PASSWORD_RE = re.compile(r"shown ONCE.*?\n\n\s+(\S+)\n", re.S)
+GUEST_SERVER = ("10.0.2.100", 443)  # where a booted guest reaches the server (QEMU guestfwd to its port)
+
+
+def stage(stages: dict[str, float], name: str, since: float) -> float:
+    """Record and print how long a stage of a boot test took; returns now (the next stage's start)."""
+    now = time.monotonic()
+    stages[name] = round(now - since, 1)
+    print(f"stage {name}: {stages[name]} s", flush=True)
+    return now
 
 
 def free_port() -> int:
@@ -212,6 +221,30 @@ def server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator
 @pytest.fixture(scope="module")
 def admin(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client(server.mint_token()) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory, sim: SimulatedAmdSp) -> Path:
+    """The session's simulated AMD-SP saved where the launcher (``simulated_amdsp``) reads it."""
+    directory = tmp_path_factory.mktemp("guest") / "simulated-amdsp"
+    save_simulated_amdsp(sim, str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def guest_server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator[ServerProcess]:
+    """A server for booted guests: its generated certificate also names the address they use (GUEST_SERVER)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("guest-server") / "data",
+                         ["--simulated-root", str(sim_root), "--offline", "--tls-ips", f"127.0.0.1,{GUEST_SERVER[0]}"])
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def guest_admin(guest_server: ServerProcess) -> Iterator[httpx.Client]:
+    with guest_server.client(guest_server.mint_token()) as client:
         yield client
 
 

@@ -222,7 +222,7 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
     plan = [f"copy {options.source} ({facts.distro} {facts.release}, root {facts.root.device}) to a new image",
             f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
             f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
-            "install the key-release agent, its config and the server's CA",
+            "install the key-release agent, its config and the server's CA (no SSH host keys are copied)",
             f"regenerate the initrd of kernel {kernel.version}",
             f"write {options.output} and the staging dir {options.staging_dir} (cmdline: {cmdline})"]
     result = Result(changed=True, output=options.output, staging_dir=options.staging_dir, plan=plan,
@@ -340,6 +340,12 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             done += int(size)
             shell(handle, f"copy /{entry}", f"cp -a -- /tmp/src/{_shell_word(entry)} /tmp/dst/")
             say(f"copy: /{entry} ({done >> 20} of {total >> 20} MiB, {100 * done // total}%)")
+        # Per-instance secrets must not be cloned into every VM made from this image: each one
+        # makes its own SSH host keys at first boot (sshd-keygen / cloud-init), as stock images do.
+        removed = shell(handle, "remove SSH host keys", "for k in /tmp/dst/etc/ssh/ssh_host_*; do "
+                        "[ -e \"$k\" ] || continue; rm -f -- \"$k\"; echo \"${k#/tmp/dst}\"; done")
+        if removed.strip():
+            say(f"removed SSH host keys copied from the stock image: {' '.join(removed.split())}")
         shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
         call("mount the new root", handle.mount, "/dev/mapper/snpguard-new", "/")
         esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 from xml.sax.saxutils import escape, quoteattr
 
+from ..snp.errors import SnpError
 from .argv import AMDSP_PORT
 from .config import VmConfig
 
@@ -26,6 +27,9 @@ def _el(name: str, text: str | int, indent: str) -> str:
 
 def domain_xml(config: VmConfig, *, amdsp_socket: str | None = None) -> str:
     """The domain XML; ``amdsp_socket`` adds the channel of a simulated AMD-SP (for completeness only)."""
+    if config.guest_forwards:
+        raise SnpError("libvirt's user network has no guestfwd: let the guest reach the server by routing, or "
+                       "launch with QEMU directly", field="guest_forwards")
     i2, i4 = "  ", "    "
     lines = ["<domain type='kvm'>", _el("name", config.name, i2), _el("memory", config.memory_mb, i2)
              .replace("<memory>", "<memory unit='MiB'>"), _el("vcpu", config.vcpus, i2), f"{i2}<os>",

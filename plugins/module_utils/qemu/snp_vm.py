@@ -17,7 +17,7 @@ from ..common.process import Runner
 from ..snp.errors import SnpError
 from ..snp.options import parse_int
 from .argv import build_argv
-from .config import Disk, VmConfig, from_bundle, parse_forward, parse_host_data, parse_policy_value
+from .config import Disk, VmConfig, from_bundle, parse_forward, parse_guest_forward, parse_host_data, parse_policy_value
 from .host import gather
 from .libvirt import domain_xml
 from .vm import Vm, qemu_version
@@ -53,6 +53,7 @@ def config_from_options(options: dict[str, Any], *, check_mode: bool = False) ->
         "disks": _disks(options.get("disks")),
         "network": options.get("network") or "none",
         "forwards": [parse_forward(f) for f in options.get("forwards") or []],
+        "guest_forwards": [parse_guest_forward(f) for f in options.get("guest_forwards") or []],
         "simulate": bool(options.get("simulate")),
         "qemu": options.get("qemu") or "qemu-system-x86_64",
         "cbitpos": parse_int(options.get("cbitpos"), "cbitpos", minimum=0, maximum=63),

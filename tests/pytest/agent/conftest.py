@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +27,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agent_root
-from servers import ServerProcess
+from servers import GUEST_SERVER, ServerProcess, stage
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.simulator_store import (
-    save_simulated_amdsp,
-)
-
-GUEST_SERVER = ("10.0.2.100", 443)  # where the guest reaches the server (guestfwd to the host's port)
 MAPPER = "root"
-
-
-def stage(stages: dict[str, float], name: str, since: float) -> float:
-    now = time.monotonic()
-    stages[name] = round(now - since, 1)
-    print(f"stage {name}: {stages[name]} s", flush=True)
-    return now
 
 
 def need_root() -> None:
@@ -63,29 +50,6 @@ def crypto_source() -> str:
 @pytest.fixture(scope="session")
 def firmware(artifacts: Path) -> Path:
     return artifacts / "OVMF.amdsev.fd"
-
-
-@pytest.fixture(scope="session")
-def sim_dir(tmp_path_factory: pytest.TempPathFactory, sim) -> Path:
-    directory = tmp_path_factory.mktemp("agent") / "simulated-amdsp"
-    save_simulated_amdsp(sim, str(directory))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def guest_server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator[ServerProcess]:
-    """A server whose generated certificate names the address the guest uses."""
-    proc = ServerProcess(tmp_path_factory.mktemp("agent-server") / "data",
-                         ["--simulated-root", str(sim_root), "--offline", "--tls-ips", f"127.0.0.1,{GUEST_SERVER[0]}"])
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def guest_admin(guest_server: ServerProcess):
-    with guest_server.client(guest_server.mint_token()) as client:
-        yield client
 
 
 @dataclass

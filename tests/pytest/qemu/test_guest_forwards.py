@@ -8,6 +8,7 @@ reaches the key-release server (booted for real in tests/pytest/agent/test_agent
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
 import subprocess
@@ -95,3 +96,50 @@ def test_the_relay_carries_one_connection_both_ways() -> None:
         conn.close()
         assert proc.wait(10) == 0
         guest.close()
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    from servers import snpguard_cmd, snpguard_env
+
+    return subprocess.run(snpguard_cmd(*argv), env=snpguard_env(), capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def describe(tmp_path: Path, output: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    config(tmp_path)  # the firmware and kernel files
+    return cli("vm", output, "gf", "--state-dir", str(tmp_path / "s"), "--firmware", str(tmp_path / "fw"),
+               "--kernel", str(tmp_path / "k"), "--cbitpos", "51", "--reduced-phys-bits", "1", "--json", *extra)
+
+
+def test_the_cli_and_the_module_take_guest_forwards(tmp_path: Path) -> None:
+    """``--guest-forward`` (the module's ``guest_forwards``) reaches the same netdev as VmConfig does."""
+    from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.snp_vm import config_from_options
+
+    described = describe(tmp_path, "argv", "--network", "user", "--guest-forward", "10.0.2.100:443-8443",
+                         "--guest-forward", "10.0.2.101:80-8080")
+    assert described.returncode == 0, described.stdout + described.stderr
+    argv = json.loads(described.stdout)["argv"]
+    netdev = argv[argv.index("-netdev") + 1]
+    assert "guestfwd=tcp:10.0.2.100:443-cmd:" in netdev and "guestfwd=tcp:10.0.2.101:80-cmd:" in netdev
+    options = {"name": "gf", "state_dir": str(tmp_path / "s"), "firmware": str(tmp_path / "fw"),
+               "kernel": str(tmp_path / "k"), "network": "user", "cbitpos": 51, "reduced_phys_bits": 1,
+               "guest_forwards": ["10.0.2.100:443-8443", {"address": "10.0.2.101", "port": 80, "host_port": 8080}]}
+    assert config_from_options(options).guest_forwards == [("10.0.2.100", 443, 8443), ("10.0.2.101", 80, 8080)]
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    (["--network", "user", "--guest-forward", "10.0.2.2:443-8443"], "guest_forwards.address"),
+    (["--guest-forward", "10.0.2.100:443-8443"], "guest_forwards"),  # network none
+])
+def test_the_cli_refuses_bad_guest_forwards_naming_the_field(tmp_path: Path, extra: list[str], field: str) -> None:
+    refused = describe(tmp_path, "argv", *extra)
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["field"] == field
+
+
+def test_libvirt_cannot_express_a_guest_forward_and_says_so(tmp_path: Path) -> None:
+    refused = describe(tmp_path, "libvirt", "--network", "user", "--guest-forward", "10.0.2.100:443-8443")
+    assert refused.returncode != 0
+    error = json.loads(refused.stdout)["error"]
+    assert error["field"] == "guest_forwards" and "guestfwd" in error["message"]
+    assert describe(tmp_path, "libvirt", "--network", "user").returncode == 0
