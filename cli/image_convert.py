@@ -33,11 +33,13 @@ def add_convert(actions: Any) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="the confidential qcow2 image to write")
     parser.add_argument("--staging-dir", required=True, metavar="DIR", help="the staging dir to write")
     parser.add_argument("--name", required=True, help="the image's name on the key-release server")
-    parser.add_argument("--mode", choices=["luks"], default="luks", help="luks (default): an encrypted root")
-    parser.add_argument("--server-url", required=True, metavar="URL", help="the server the agent asks (https://)")
-    parser.add_argument("--server-ca", dest="server_ca_file", required=True, metavar="FILE",
-                        help="the server's CA (PEM), pinned by the agent")
-    key = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--mode", choices=["luks", "verity"], default="luks",
+                        help="luks (default): an encrypted root the agent unlocks after attestation; verity: a "
+                             "read-only root checked by dm-verity, its root hash on the measured cmdline")
+    parser.add_argument("--server-url", metavar="URL", help="luks: the server the agent asks (https://)")
+    parser.add_argument("--server-ca", dest="server_ca_file", metavar="FILE",
+                        help="luks: the server's CA (PEM), pinned by the agent")
+    key = parser.add_mutually_exclusive_group()
     key.add_argument("--ingestion-key", dest="ingestion_public_key", metavar="B64",
                      help="the server's ingestion public key (its /v1/info): the volume key leaves only sealed")
     key.add_argument("--volume-key-file", metavar="FILE", help="write the plaintext volume key here (0600) instead")

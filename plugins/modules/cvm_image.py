@@ -57,23 +57,28 @@ options:
     type: str
     required: true
   mode:
-    description: V(luks) - an encrypted root unlocked by the agent after attestation.
+    description:
+      - V(luks) - an encrypted root unlocked by the agent after attestation.
+      - V(verity) - a read-only root in the clear, every block checked by dm-verity against a root hash on the
+        measured command line; /var, /home, /root and /tmp are tmpfs and /etc an overlay (nothing written at run
+        time persists). No volume key; secrets reach such a VM after a runtime attestation.
     type: str
-    choices: [luks]
+    choices: [luks, verity]
     default: luks
   server_url:
-    description: The key-release server the agent asks (C(https://)); written into the measured initrd.
+    description: The key-release server the agent asks (C(https://)); written into the measured initrd. Required
+      with O(mode=luks).
     type: str
-    required: true
   server_ca_file:
-    description: The server's CA (PEM) the agent pins; written into the measured initrd.
+    description: The server's CA (PEM) the agent pins; written into the measured initrd. Required with
+      O(mode=luks).
     type: path
-    required: true
   ingestion_public_key:
     description:
       - The server's ingestion public key (base64, C(ingestion_public_key) of its C(/v1/info)); the volume key
         leaves the conversion only sealed to it.
-      - Exactly one of O(ingestion_public_key) and O(volume_key_file) is required.
+      - With O(mode=luks) exactly one of O(ingestion_public_key) and O(volume_key_file) is required; with
+        O(mode=verity) neither.
     type: str
   volume_key_file:
     description: Write the plaintext volume key to this file (mode 0600) instead of sealing it. Only when asked.
@@ -167,6 +172,14 @@ EXAMPLES = r"""
     server_ca_file: /etc/snpguard/ca.pem
     ingestion_public_key: "{{ server_info.json.ingestion_public_key }}"
   check_mode: true
+
+- name: A read-only root checked by dm-verity (integrity only; secrets after runtime attestation)
+  snpguard.cvm.cvm_image:
+    source: /srv/images/debian-13-genericcloud-amd64.qcow2
+    output: /srv/images/debian-13-ro.qcow2
+    staging_dir: /srv/images/debian-13-ro.staging
+    name: debian-13-ro
+    mode: verity
 """
 
 RETURN = r"""
@@ -194,6 +207,11 @@ cmdline:
 image:
   description: What the stock image is (distribution, release, root, kernels, initrd generator).
   returned: when the image was inspected
+  type: dict
+verity:
+  description: The dm-verity parameters of the new root (root hash, hash algorithm, block sizes, data blocks,
+    hash offset, salt, partition UUID), as the staging manifest records them.
+  returned: when converted with O(mode=verity)
   type: dict
 luks:
   description: The LUKS2 parameters of the new root (UUID, PBKDF, cipher, sector size, mapper name).
@@ -230,9 +248,9 @@ def main() -> None:
             "output": {"type": "path", "required": True},
             "staging_dir": {"type": "path", "required": True},
             "name": {"type": "str", "required": True},
-            "mode": {"type": "str", "choices": ["luks"], "default": "luks"},
-            "server_url": {"type": "str", "required": True},
-            "server_ca_file": {"type": "path", "required": True},
+            "mode": {"type": "str", "choices": ["luks", "verity"], "default": "luks"},
+            "server_url": {"type": "str"},
+            "server_ca_file": {"type": "path"},
             "ingestion_public_key": {"type": "str"},
             "volume_key_file": {"type": "path", "no_log": False},
             "firmware": {"type": "path", "default": "/usr/share/ovmf/OVMF.amdsev.fd"},
@@ -252,7 +270,8 @@ def main() -> None:
             "package_cache": {"type": "path"},
             "force_tcg": {"type": "bool", "default": False},
         },
-        required_one_of=[("ingestion_public_key", "volume_key_file")],
+        required_if=[("mode", "luks", ("server_url", "server_ca_file")),
+                     ("mode", "luks", ("ingestion_public_key", "volume_key_file"), True)],
         mutually_exclusive=[("ingestion_public_key", "volume_key_file")],
         supports_check_mode=True,
     )

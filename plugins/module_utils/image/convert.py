@@ -1,6 +1,6 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""Convert a stock cloud image into a confidential one (``mode: luks``).
+"""Convert a stock cloud image into a confidential one (``mode: luks`` or ``mode: verity``).
 
 Input: a stock qcow2 (Debian or Ubuntu, GPT, ext4 root as its last partition).  Output:
 a new qcow2 whose root partition is a LUKS2 container (argon2id keyslot, a fresh random
@@ -8,6 +8,13 @@ key) holding a copy of the root file system, with the key-release agent, its con
 the server's CA installed and the initrd regenerated inside the image; and a staging
 dir (``staging.py``) with the kernel, that initrd, the measured cmdline and the volume
 key sealed to the server's ingestion key.
+
+``mode: verity`` instead keeps the root in the clear but read-only: the file system is
+made exactly as large as the stock root partition, the partition grows by room for a
+dm-verity hash tree appended after it (``veritysetup format --hash-offset``), and the root
+hash goes onto the measured kernel command line, so the launch measurement covers every
+block of the root.  No key exists in this mode; the initrd (``agent/verity.py``) opens the
+root with that hash and gives /var, /home, /root, /tmp and /etc writable tmpfs layers.
 
 Why a copy and not in-place encryption: the stock image is never modified, and a failure
 at any step leaves no output at all — the new image and the staging dir are written
@@ -46,12 +53,14 @@ from .inspect import ImageFacts, Kernel, inspect_image, select_kernel
 from .packages import fetch_debs
 
 Progress = Callable[[str], None]
-MODES = ("luks",)
-#: What the agent needs in the image beyond a stock cloud image: cryptsetup for the initrd, and
-#: cffi's per-Python backend for the abi3 cryptography the agent brings.
-LUKS_PACKAGES = ["cryptsetup-bin", "python3-cffi-backend"]
+MODES = ("luks", "verity")
+#: What each mode needs in the image beyond a stock cloud image: for luks, cryptsetup for the initrd
+#: and cffi's per-Python backend for the abi3 cryptography the agent brings; for verity, veritysetup.
+PACKAGES = {"luks": ["cryptsetup-bin", "python3-cffi-backend"], "verity": ["cryptsetup-bin"]}
+LUKS_PACKAGES = PACKAGES["luks"]
 MAPPER = "root"
 LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
+VERITY_BLOCK = 4096
 QEMU_IMG_TIMEOUT = 3600.0
 
 
@@ -84,8 +93,8 @@ class ConvertOptions:
 
     def validate(self) -> ConvertOptions:
         if self.mode not in MODES:
-            raise SnpError(f"must be one of {', '.join(MODES)} (verity is not implemented yet)", field="mode")
-        for name in ("source", "firmware", "agent_ca_file"):
+            raise SnpError(f"must be one of {', '.join(MODES)}", field="mode")
+        for name in ("source", "firmware") + (("agent_ca_file",) if self.mode == "luks" else ()):
             path = getattr(self, name)
             if not path or not os.path.isfile(path):
                 raise SnpError("is not a file", field=name, path=path)
@@ -94,10 +103,19 @@ class ConvertOptions:
                 raise SnpError("is required", field=name)
         if os.path.abspath(self.output) == os.path.abspath(self.source):
             raise SnpError("must not be the source image (the stock image is never modified)", field="output")
-        if (self.ingestion_public_key is None) == (self.volume_key_file is None):
-            raise SnpError("exactly one of ingestion_public_key (the key leaves only sealed to the server) and "
-                           "volume_key_file (an explicit 0600 plaintext copy) is required",
-                           field="ingestion_public_key")
+        if self.mode == "verity":
+            given = [name for name in ("ingestion_public_key", "volume_key_file") if getattr(self, name)]
+            if given or self.integrity:
+                raise SnpError("mode verity has no volume key and no dm-integrity (the root is read-only and "
+                               "hashed); leave these out", field=(given or ["integrity"])[0])
+        else:
+            if not self.agent_url:
+                raise SnpError("is required with mode luks (the agent asks this server for the key)",
+                               field="server_url")
+            if (self.ingestion_public_key is None) == (self.volume_key_file is None):
+                raise SnpError("exactly one of ingestion_public_key (the key leaves only sealed to the server) and "
+                               "volume_key_file (an explicit 0600 plaintext copy) is required",
+                               field="ingestion_public_key")
         if not self.vcpus or any(not isinstance(n, int) or not 1 <= n <= 512 for n in self.vcpus):
             raise SnpError("must be vCPU counts between 1 and 512", field="vcpus")
         parse_policy(self.policy)
@@ -129,19 +147,42 @@ def sha_file(path: str, kind: Any = hashlib.sha256) -> str:
     return digest.hexdigest()
 
 
-def measured_cmdline(facts: ImageFacts, options: ConvertOptions) -> str:
-    """root on the opened LUKS mapper, the image's own arguments, networking for the agent, the extras."""
+def measured_cmdline(facts: ImageFacts, options: ConvertOptions, verity: list[str] | None = None) -> str:
+    """root on the opened mapper, the image's own arguments, networking for the agent (luks) or the
+    verity parameters (``verity``: root hash, data partition, hash offset), the extras."""
     args = [f"root=/dev/mapper/{MAPPER}", "ro", *facts.cmdline]
-    if not any(a.startswith("ip=") for a in args):
+    if options.mode == "luks" and not any(a.startswith("ip=") for a in args):
         args.append("ip=dhcp")
+    if options.mode == "verity":
+        args += verity if verity is not None else ["snpguard.verity.roothash=<computed>", "..."]
     if options.extra_cmdline.strip():
         args += options.extra_cmdline.split()
     return " ".join(args)
 
 
+def verity_hash_size(data_bytes: int) -> int:
+    """Bytes of a SHA-256 dm-verity tree of 4 KiB blocks with its superblock (veritysetup's layout)."""
+    per_block = VERITY_BLOCK // 32
+    blocks, total = -(-data_bytes // VERITY_BLOCK), 1  # the superblock
+    while blocks > 1:
+        blocks = -(-blocks // per_block)
+        total += blocks
+    return total * VERITY_BLOCK
+
+
+def disk_growth(options: ConvertOptions, root_size: int) -> int:
+    """How much larger the output disk is: the LUKS2 header, or the hash tree (both with slack), whole MiB."""
+    if options.mode == "luks":
+        return LUKS_HEADER_MARGIN
+    return max(LUKS_HEADER_MARGIN, -(-(verity_hash_size(root_size) + (16 << 20)) // (1 << 20)) << 20)
+
+
 def _payload(options: ConvertOptions, luks_uuid: str) -> list[Any]:
     from ..agent.config import AgentConfig
-    from ..agent.payload import agent_files
+    from ..agent.payload import PayloadFile, agent_files
+    if options.mode == "verity":
+        from ..agent.verity import verity_scripts
+        return [PayloadFile(dest, data, mode) for dest, data, mode in verity_scripts()]
     with open(options.agent_ca_file, "rb") as handle:
         ca_pem = handle.read()
     config = AgentConfig(url=options.agent_url, image=options.name, luks_device=f"UUID={luks_uuid}",
@@ -173,6 +214,7 @@ class Result:
     cmdline: str | None = None
     image: dict[str, Any] = field(default_factory=dict)
     luks: dict[str, Any] = field(default_factory=dict)
+    verity: dict[str, Any] = field(default_factory=dict)
     packages: list[str] = field(default_factory=list)
 
 
@@ -204,7 +246,7 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
     if current is not None:
         say("up to date: the staging dir records this stock image and these options")
         return Result(changed=False, output=options.output, staging_dir=options.staging_dir, plan=[],
-                      kernel_version=current.kernel_version, cmdline=current.cmdline)
+                      kernel_version=current.kernel_version, cmdline=current.cmdline, verity=current.verity or {})
     say("inspecting the stock image (read-only)")
     with appliance([(options.source, "qcow2", True)], force_tcg=options.force_tcg) as handle:
         facts = inspect_image(handle)
@@ -219,11 +261,17 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
         raise SnpError("the root partition must be the last one on the disk (it grows by the LUKS header)",
                        field="image.root")
     cmdline = measured_cmdline(facts, options)
+    if options.mode == "luks":
+        protect = [f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
+                   f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
+                   "install the key-release agent, its config and the server's CA (no SSH host keys are copied)"]
+    else:
+        protect = ["make the root read-only with a dm-verity hash tree appended to its partition (SHA-256, "
+                   "4 KiB blocks); its root hash goes on the measured cmdline",
+                   "install the verity initrd scripts: /var /home /root /tmp on tmpfs, /etc an overlay (no SSH "
+                   "host keys are copied)"]
     plan = [f"copy {options.source} ({facts.distro} {facts.release}, root {facts.root.device}) to a new image",
-            f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
-            f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
-            "install the key-release agent, its config and the server's CA (no SSH host keys are copied)",
-            f"regenerate the initrd of kernel {kernel.version}",
+            *protect, f"regenerate the initrd of kernel {kernel.version}",
             f"write {options.output} and the staging dir {options.staging_dir} (cmdline: {cmdline})"]
     result = Result(changed=True, output=options.output, staging_dir=options.staging_dir, plan=plan,
                     kernel_version=kernel.version, cmdline=cmdline, image=facts.to_json())
@@ -231,8 +279,8 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
         return result
     cache = options.package_cache or os.path.join(os.path.dirname(os.path.abspath(options.output)),
                                                   ".snpguard-debs")
-    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(LUKS_PACKAGES)}")
-    debs = fetch_debs(LUKS_PACKAGES, codename=facts.codename, status=status, work=cache, run=run,
+    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(PACKAGES[options.mode])}")
+    debs = fetch_debs(PACKAGES[options.mode], codename=facts.codename, status=status, work=cache, run=run,
                       mirror=options.package_mirror)
     result.packages = [os.path.basename(d) for d in debs]
     staging_tmp = stg.new_dir_beside(options.staging_dir)
@@ -240,12 +288,19 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
                               f".{os.path.basename(options.output)}.tmp-{secrets.token_hex(4)}")
     key = bytearray(secrets.token_hex(32).encode())
     try:
-        size = facts.disk_size + LUKS_HEADER_MARGIN
+        size = facts.disk_size + disk_growth(options, facts.root.size)
         rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", output_tmp, str(size)], QEMU_IMG_TIMEOUT)
         if rc != 0:
             raise SnpError(f"qemu-img create failed: {(err or out).strip()}", field="output", path=output_tmp)
-        result.luks = _build(options, facts, kernel, debs, key, output_tmp, staging_tmp, say)
-        say("sealing the volume key")
+        built = _build(options, facts, kernel, debs, key, output_tmp, staging_tmp, say)
+        if options.mode == "verity":
+            from ..agent.verity import verity_cmdline
+            result.verity = built
+            cmdline = result.cmdline = measured_cmdline(
+                facts, options, verity_cmdline(built["root_hash"], built["partuuid"], built["hash_offset"]))
+        else:
+            result.luks = built
+            say("sealing the volume key")
         if options.ingestion_public_key is not None:
             import base64
             sealed = seal_for_ingestion(bytes(key), base64.b64decode(options.ingestion_public_key, validate=True),
@@ -262,6 +317,7 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
             kernel_sha256=sha_file(os.path.join(staging_tmp, stg.KERNEL)),
             initrd_sha256=sha_file(os.path.join(staging_tmp, stg.INITRD)),
             sealed_volume_key=stg.SEALED_KEY if options.ingestion_public_key is not None else None,
+            verity=result.verity or None,
             source={"path": os.path.abspath(options.source), "sha256": source_sha256},
             output={"path": os.path.abspath(options.output), "sha256": output_sha256},
             options_digest=options.digest(source_sha256, payload_sha256))
@@ -294,8 +350,8 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         say("partitioning the new image like the stock one")
         start = facts.root.start // 512
         # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
-        # whole 4 KiB sectors: the LUKS2 data segment uses 4096-byte sectors.
-        last_usable = (facts.disk_size + LUKS_HEADER_MARGIN) // 512 - 34
+        # whole 4 KiB sectors: the LUKS2 data segment and dm-verity use 4096-byte blocks.
+        last_usable = (facts.disk_size + disk_growth(options, facts.root.size)) // 512 - 34
         end = start + (last_usable - start + 1) // 8 * 8 - 1
         shell(handle, "partition the new image", "\n".join([
             "sgdisk --backup=/tmp/gpt /dev/sda >/dev/null",
@@ -312,25 +368,19 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             say(f"copying partition {part.number} ({part.fs_type or 'raw'}, {part.size >> 20} MiB)")
             shell(handle, f"copy partition {part.number}",
                   f"dd if=/dev/sda{part.number} of=/dev/sdb{part.number} bs=4M conv=fsync status=none")
-        say("creating the LUKS2 container (argon2id)")
-        integrity = "--integrity hmac-sha256 " if options.integrity else ""
-        secret = key.decode("ascii")
-        shell(handle, "luksFormat",
-              "cryptsetup luksFormat -q --type luks2 --cipher aes-xts-plain64 --key-size 512 --hash sha256 "
-              f"--pbkdf argon2id --pbkdf-memory {options.pbkdf_memory_kib} --pbkdf-parallel 1 "
-              f"--pbkdf-force-iterations {options.pbkdf_iterations} --sector-size 4096 {integrity}"
-              f"--label cvm-root --key-file=- {dst_root}", secret=secret)
-        shell(handle, "open the LUKS2 container", f"cryptsetup open --key-file=- {dst_root} snpguard-new",
-              secret=secret)
-        del secret
-        luks_uuid = shell(handle, "LUKS UUID", f"cryptsetup luksUUID {dst_root}").splitlines()[-1].strip()
         label = f"-L {_shell_word(facts.root.label)} " if facts.root.label else ""
+        if options.mode == "luks":
+            luks_uuid = _luks_format(handle, options, key, dst_root, say)
+            fs_device, fs_blocks = "/dev/mapper/snpguard-new", ""
+        else:
+            luks_uuid = ""
+            fs_device, fs_blocks = dst_root, str(facts.root.size // VERITY_BLOCK)
         shell(handle, "make the root file system",
-              f"mkfs.ext4 -q -U {facts.root.uuid} {label}/dev/mapper/snpguard-new")
+              f"mkfs.ext4 -q -b {VERITY_BLOCK} -U {facts.root.uuid} {label}{fs_device} {fs_blocks}")
         sizes = shell(handle, "measure the root file system", "\n".join([
             "mkdir -p /tmp/src /tmp/dst",
             f"mount -o ro {src_root} /tmp/src",
-            "mount /dev/mapper/snpguard-new /tmp/dst",
+            f"mount {fs_device} /tmp/dst",
             "cd /tmp/src && for e in * .[!.]*; do [ -e \"$e\" ] || [ -L \"$e\" ] || continue; "
             "printf '%s\\t%s\\n' \"$(du -sxb -- \"$e\" | cut -f1)\" \"$e\"; done"]))
         entries = [line.split("\t", 1) for line in sizes.splitlines() if "\t" in line]
@@ -347,7 +397,7 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         if removed.strip():
             say(f"removed SSH host keys copied from the stock image: {' '.join(removed.split())}")
         shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
-        call("mount the new root", handle.mount, "/dev/mapper/snpguard-new", "/")
+        call("mount the new root", handle.mount, fs_device, "/")
         esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
                    None)
         if esp is not None and handle.is_dir("/boot/efi"):
@@ -362,25 +412,77 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
                 names.append(f"/var/cache/snpguard-debs/{name}")
             call("dpkg -i", handle.command, ["dpkg", "-i", *names])
             call("remove the package files", handle.rm_rf, "/var/cache/snpguard-debs")
-        say("installing the agent")
+        say("installing the agent" if options.mode == "luks" else "installing the verity initrd scripts")
         for item in _payload(options, luks_uuid):
             parent = os.path.dirname(item.dest)
             call(f"mkdir {parent}", handle.mkdir_p, parent)
             call(f"write {item.dest}", handle.write, item.dest, item.data)
             call(f"chmod {item.dest}", handle.chmod, item.mode, item.dest)
-        crypttab = _crypttab(handle, luks_uuid)
-        call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())
+        if options.mode == "luks":
+            crypttab = _crypttab(handle, luks_uuid)
+            call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())
+        else:
+            fstab = _verity_fstab(call("read /etc/fstab", handle.read_file, "/etc/fstab").decode())
+            call("write /etc/fstab", handle.write, "/etc/fstab", fstab.encode())
         say(f"regenerating the initrd of {kernel.version} (inside the image)")
         call("update-initramfs", handle.command, ["update-initramfs", "-u", "-k", kernel.version])
         call("download the kernel", handle.download, kernel.vmlinuz, os.path.join(staging_tmp, stg.KERNEL))
         call("download the initrd", handle.download, f"/boot/initrd.img-{kernel.version}",
              os.path.join(staging_tmp, stg.INITRD))
         call("unmount", handle.umount_all)
+        if options.mode == "verity":
+            return _verity_format(handle, facts, dst_root, say)
         shell(handle, "close the LUKS2 container", "cryptsetup close snpguard-new\nsync")
     return {"uuid": luks_uuid, "device_partition": root_number, "pbkdf": "argon2id",
             "pbkdf_memory_kib": options.pbkdf_memory_kib, "pbkdf_iterations": options.pbkdf_iterations,
             "cipher": "aes-xts-plain64", "key_size": 512, "sector_size": 4096, "integrity": options.integrity,
             "mapper": MAPPER}
+
+
+def _luks_format(handle: Any, options: ConvertOptions, key: bytearray, dst_root: str, say: Progress) -> str:
+    """The LUKS2 container on the new root partition, opened as snpguard-new; returns its UUID."""
+    say("creating the LUKS2 container (argon2id)")
+    integrity = "--integrity hmac-sha256 " if options.integrity else ""
+    secret = key.decode("ascii")
+    shell(handle, "luksFormat",
+          "cryptsetup luksFormat -q --type luks2 --cipher aes-xts-plain64 --key-size 512 --hash sha256 "
+          f"--pbkdf argon2id --pbkdf-memory {options.pbkdf_memory_kib} --pbkdf-parallel 1 "
+          f"--pbkdf-force-iterations {options.pbkdf_iterations} --sector-size 4096 {integrity}"
+          f"--label cvm-root --key-file=- {dst_root}", secret=secret)
+    shell(handle, "open the LUKS2 container", f"cryptsetup open --key-file=- {dst_root} snpguard-new",
+          secret=secret)
+    del secret
+    return shell(handle, "LUKS UUID", f"cryptsetup luksUUID {dst_root}").splitlines()[-1].strip()
+
+
+def _verity_format(handle: Any, facts: ImageFacts, dst_root: str, say: Progress) -> dict[str, Any]:
+    """The hash tree appended after the (unmounted, final) file system; its root hash is measured."""
+    data_blocks = facts.root.size // VERITY_BLOCK
+    offset = data_blocks * VERITY_BLOCK
+    say(f"hashing the root for dm-verity ({offset >> 20} MiB, SHA-256)")
+    out = shell(handle, "veritysetup format",
+                f"sync\nveritysetup format --hash=sha256 --data-block-size={VERITY_BLOCK} "
+                f"--hash-block-size={VERITY_BLOCK} --data-blocks={data_blocks} --hash-offset={offset} "
+                f"{dst_root} {dst_root}")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    root_hash = fields.get("Root hash", "").strip()
+    if len(root_hash) != 64:
+        raise SnpError(f"veritysetup printed no root hash: {out[-500:]}", field="verity")
+    return {"root_hash": root_hash, "hash_algorithm": "sha256", "data_block_size": VERITY_BLOCK,
+            "hash_block_size": VERITY_BLOCK, "data_blocks": data_blocks, "hash_offset": offset,
+            "salt": fields.get("Salt", "").strip(), "uuid": fields.get("UUID", "").strip(),
+            "partuuid": facts.root.gpt_guid.lower(), "device_partition": facts.root.number, "mapper": MAPPER}
+
+
+def _verity_fstab(current: str) -> str:
+    """The root entry on the verity mapper, read-only and never fsck'ed (nothing could write a repair)."""
+    lines = []
+    for line in current.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not line.lstrip().startswith("#") and fields[1] == "/":
+            line = f"/dev/mapper/{MAPPER} / {fields[2]} ro 0 0"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def _crypttab(handle: Any, luks_uuid: str) -> str:

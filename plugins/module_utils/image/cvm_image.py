@@ -40,7 +40,7 @@ def options_from(params: Mapping[str, Any]) -> ConvertOptions:
     options = ConvertOptions(
         source=params["source"], output=params["output"], staging_dir=params["staging_dir"],
         name=params["name"], firmware=params.get("firmware") or DEFAULT_FIRMWARE,
-        agent_url=params["server_url"], agent_ca_file=params["server_ca_file"],
+        agent_url=params.get("server_url") or "", agent_ca_file=params.get("server_ca_file") or "",
         mode=params.get("mode") or "luks", kernel=params.get("kernel") or None,
         vcpus=list(vcpu_counts(params.get("vcpus"))), vcpu_type=params.get("vcpu_type") or "EPYC-v4",
         policy=policy, guest_features=0x1 if features is None else features,

@@ -24,7 +24,7 @@ SUPPORTED_DISTROS = ("debian", "ubuntu")
 SNP_GUEST_OPTIONS = (("CONFIG_AMD_MEM_ENCRYPT", ("y",)), ("CONFIG_SEV_GUEST", ("y", "m")))
 #: ...and what the confidential root needs in the initrd.
 LUKS_OPTIONS = (("CONFIG_DM_CRYPT", ("y", "m")),)
-VERITY_OPTIONS = (("CONFIG_DM_VERITY", ("y", "m")),)
+VERITY_OPTIONS = (("CONFIG_DM_VERITY", ("y", "m")), ("CONFIG_OVERLAY_FS", ("y", "m")))
 
 
 @dataclass

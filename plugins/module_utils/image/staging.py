@@ -199,6 +199,8 @@ def read_staging(directory: str) -> Staging:
     verity = doc.get("verity")
     if verity is not None and not isinstance(verity, dict):
         raise SnpError("must be an object or null", field="manifest.verity")
+    if mode == "verity":
+        _check_verity(verity, cmdline)
     return Staging(
         directory=directory, image=_get(doc, "image", str), mode=mode,
         kernel_version=_get(doc, "kernel_version", str), cmdline=cmdline,
@@ -206,6 +208,17 @@ def read_staging(directory: str) -> Staging:
         kernel_sha256=digests["kernel"], initrd_sha256=digests["initrd"], sealed_volume_key=sealed_path,
         verity=verity, source=doc.get("source") or {}, output=doc.get("output") or {},
         options_digest=str(doc.get("options_digest") or ""))
+
+
+def _check_verity(verity: dict[str, Any] | None, cmdline: str) -> None:
+    """A verity staging dir boots only with its root hash on the measured cmdline: both must say the same."""
+    from ..agent.verity import ROOT_HASH
+
+    if not verity:
+        raise SnpError("a verity staging dir must record the hash tree", field="manifest.verity")
+    root_hash = _hex(verity.get("root_hash"), 32, "manifest.verity.root_hash")
+    if f"{ROOT_HASH}={root_hash}" not in cmdline.split():
+        raise SnpError(f"does not carry {ROOT_HASH}={root_hash} of manifest.verity", field="cmdline")
 
 
 def new_dir_beside(target: str) -> str:

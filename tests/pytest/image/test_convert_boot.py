@@ -38,8 +38,11 @@ from conftest import CloudImage
 from servers import GUEST_SERVER, Agent, ServerProcess, snpguard_cmd, snpguard_env, stage
 
 from ansible_collections.snpguard.cvm.cli.process import run
+from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
+from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.launch import bundle_host_data
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
-from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, VmConfig
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.appliance import shell
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, from_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 
 pytestmark = pytest.mark.slow
@@ -127,11 +130,24 @@ def registered(conversion: Conversion, guest_server: ServerProcess, token: str, 
 
 
 @pytest.fixture(scope="module")
-def volume_key(registered: dict[str, Any], guest_server: ServerProcess, sim) -> bytes:
-    """The key the server releases to a guest whose report carries the staged measurement."""
+def bundle(registered: dict[str, Any], guest_server: ServerProcess, token: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The launch bundle the server serves for the registered image (what snp_vm boots from)."""
+    with guest_server.client(token) as admin:
+        response = admin.get(f"/images/{registered['id']}/bundle")
+    assert response.status_code == 200, response.text
+    path = tmp_path_factory.mktemp("bundle") / f"{NAME}.bundle.tar.gz"
+    path.write_bytes(response.content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def volume_key(registered: dict[str, Any], bundle: Path, guest_server: ServerProcess, sim) -> bytes:
+    """The key the server releases to a guest launched from the bundle (its measurement and HOST_DATA)."""
     measurement = bytes.fromhex(registered["measurements"]["1"])
+    host_data = bundle_host_data(read_bundle(bundle.read_bytes()))
     with guest_server.client() as client:
-        response, key, _ = Agent(sim).handshake(client, measurement)
+        response, key, _ = Agent(sim).handshake(client, measurement, host_data=host_data)
     assert response.status_code == 200, response.text
     assert key is not None
     return bytes(key)
@@ -179,7 +195,7 @@ def inspected(conversion: Conversion, volume_key: bytes,
         g.add_drive_opts(str(overlay), format="qcow2", readonly=False)
         g.launch()
         device = f"/dev/sda{root_part}"
-        dump = g.sh(f"cryptsetup luksDump {device}")
+        dump = shell(g, "luksDump", f"cryptsetup luksDump {device}")  # the appliance's shell: nothing mounted
         g.cryptsetup_open(device, volume_key.decode("ascii"), "root")
         g.mount("/dev/mapper/root", "/")
         version = conversion.result["kernel_version"]
@@ -281,15 +297,17 @@ def test_no_ssh_host_keys_are_copied_into_the_confidential_image(inspected: Insp
 
 
 def test_boot_attests_unlocks_and_reaches_multi_user(inspected: Inspected, conversion: Conversion,
-                                                     registered: dict[str, Any], guest_server: ServerProcess,
-                                                     artifacts: Path, sim_dir: Path, tmp_path: Path) -> None:
+                                                     registered: dict[str, Any], bundle: Path,
+                                                     guest_server: ServerProcess, artifacts: Path, sim_dir: Path,
+                                                     tmp_path: Path) -> None:
     stages: dict[str, float] = {"convert": conversion.seconds}
     staged = stg.read_staging(str(conversion.staging))
     t = time.monotonic()
-    config = VmConfig(name="converted", state_dir=str(tmp_path / "vm"), firmware=str(artifacts / "OVMF.amdsev.fd"),
-                      kernel=staged.kernel, initrd=staged.initrd, cmdline=staged.cmdline, memory_mb=2048,
-                      simulate=True, disks=[Disk(str(inspected.overlay), format="qcow2")], network="user",
-                      guest_forwards=[(GUEST_SERVER[0], GUEST_SERVER[1], guest_server.port)]).validate()
+    config = from_bundle(str(bundle), name="converted", state_dir=str(tmp_path / "vm"),
+                         firmware=str(artifacts / "OVMF.amdsev.fd"), memory_mb=2048, simulate=True,
+                         disks=[Disk(str(inspected.overlay), format="qcow2")], network="user",
+                         guest_forwards=[(GUEST_SERVER[0], GUEST_SERVER[1], guest_server.port)]).validate()
+    assert config.cmdline == staged.cmdline and config.expected_measurement == registered["measurements"]["1"]
     vm = Vm(config.name, config.state_dir, run)
     serial = Path(config.state_dir) / "serial.log"
     try:

@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import measured_cmdline
+from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import verity_cmdline
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import measured_cmdline, verity_hash_size
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.cvm_image import options_from
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.inspect import (
     ImageFacts,
@@ -56,7 +59,11 @@ def test_options_accepted(params: dict) -> None:
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"mode": "verity"}, "mode"),
+    ({"mode": "plain"}, "mode"),
+    ({"server_url": None}, "server_url"),
+    ({"mode": "verity"}, "ingestion_public_key"),  # verity has no volume key to seal
+    ({"mode": "verity", "ingestion_public_key": None, "volume_key_file": "/tmp/key"}, "volume_key_file"),
+    ({"mode": "verity", "ingestion_public_key": None, "integrity": True}, "integrity"),
     ({"output": "SOURCE"}, "output"),
     ({"ingestion_public_key": None}, "ingestion_public_key"),
     ({"volume_key_file": "/tmp/key"}, "ingestion_public_key"),
@@ -118,7 +125,8 @@ def _facts(*kernels: Kernel) -> ImageFacts:
                       init_system="initramfs-tools", fstab="")
 
 
-GOOD = {"CONFIG_AMD_MEM_ENCRYPT": "y", "CONFIG_SEV_GUEST": "m", "CONFIG_DM_CRYPT": "m", "CONFIG_DM_VERITY": "m"}
+GOOD = {"CONFIG_AMD_MEM_ENCRYPT": "y", "CONFIG_SEV_GUEST": "m", "CONFIG_DM_CRYPT": "m", "CONFIG_DM_VERITY": "m",
+        "CONFIG_OVERLAY_FS": "m"}
 
 
 def test_kernel_selection_newest_and_named() -> None:
@@ -132,13 +140,15 @@ def test_kernel_selection_newest_and_named() -> None:
     assert info.value.field == "kernel"
 
 
-@pytest.mark.parametrize("option", ["CONFIG_AMD_MEM_ENCRYPT", "CONFIG_SEV_GUEST", "CONFIG_DM_CRYPT"])
-def test_kernel_without_snp_guest_support_is_refused_naming_the_option(option: str) -> None:
+@pytest.mark.parametrize(("option", "mode"), [
+    ("CONFIG_AMD_MEM_ENCRYPT", "luks"), ("CONFIG_SEV_GUEST", "luks"), ("CONFIG_DM_CRYPT", "luks"),
+    ("CONFIG_DM_VERITY", "verity"), ("CONFIG_OVERLAY_FS", "verity"), ("CONFIG_SEV_GUEST", "verity")])
+def test_kernel_without_snp_guest_support_is_refused_naming_the_option(option: str, mode: str) -> None:
     config = dict(GOOD)
     config[option] = "n" if option != "CONFIG_SEV_GUEST" else ""
     kernel = Kernel("6.12.57+deb13-amd64", "/boot/vmlinuz", "/boot/initrd.img", config)
     with pytest.raises(SnpError, match=option) as info:
-        select_kernel(_facts(kernel), None, "luks")
+        select_kernel(_facts(kernel), None, mode)
     assert info.value.field == "kernel"
 
 
@@ -154,3 +164,28 @@ def test_kernel_without_config_or_initrd_is_refused() -> None:
 def test_measured_cmdline(params: dict) -> None:
     options = options_from({**params, "extra_cmdline": "panic=-1"})
     assert measured_cmdline(_facts(), options) == "root=/dev/mapper/root ro console=ttyS0 ip=dhcp panic=-1"
+
+
+def test_verity_options_need_no_server_and_no_key(params: dict) -> None:
+    params.update(mode="verity", ingestion_public_key=None, server_url=None, server_ca_file=None)
+    options = options_from(params)
+    assert options.mode == "verity"
+    verity = verity_cmdline("ab" * 32, "1B0F1C74-AAAA-4BBB-8CCC-0123456789AB", 3 << 30)
+    assert measured_cmdline(_facts(), options, verity) == (
+        f"root=/dev/mapper/root ro console=ttyS0 snpguard.verity.roothash={'ab' * 32} "
+        "snpguard.verity.data=PARTUUID=1b0f1c74-aaaa-4bbb-8ccc-0123456789ab "
+        f"snpguard.verity.hashoffset={3 << 30}")  # no ip=dhcp: nothing is fetched at boot
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 127, 128, 129, 16384, 16385, 100000])
+def test_verity_hash_size_is_what_veritysetup_appends(tmp_path: Path, blocks: int) -> None:
+    """The disk grows by the hash tree: veritysetup (format needs no device mapper) is the oracle."""
+    if shutil.which("veritysetup") is None:
+        pytest.skip("veritysetup is not installed (cryptsetup-bin)")
+    data = tmp_path / "data"
+    with open(data, "wb") as handle:
+        handle.truncate(blocks * 4096)
+    subprocess.run(["veritysetup", "format", "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096",
+                    f"--data-blocks={blocks}", f"--hash-offset={blocks * 4096}", str(data), str(data)],
+                   check=True, capture_output=True)
+    assert data.stat().st_size - blocks * 4096 == verity_hash_size(blocks * 4096)

@@ -24,7 +24,8 @@ def make(directory: Path, mode: str = "luks") -> Path:
         (directory / staging.SEALED_KEY).write_text("c2VhbGVk\n")
         sealed = str(directory / staging.SEALED_KEY)
     staging.write_manifest(str(directory), staging.Staging(
-        directory=str(directory), image="img", mode=mode, kernel_version="6.12", cmdline="console=ttyS0 ro",
+        directory=str(directory), image="img", mode=mode, kernel_version="6.12",
+        cmdline="console=ttyS0 ro" + (f" snpguard.verity.roothash={'cd' * 32}" if mode == "verity" else ""),
         firmware_sha384="ab" * 48, launch=parse_launch({"vcpus": [1, 4], "vcpu_type": "EPYC-v4"}),
         kernel_sha256=hashlib.sha256(b"kernel" * 1000).hexdigest(),
         initrd_sha256=hashlib.sha256(b"initrd" * 1000).hexdigest(), sealed_volume_key=sealed,
@@ -72,6 +73,20 @@ def edit_manifest(directory: Path, **changes: object) -> None:
 ])
 def test_refusals_name_the_field(tmp_path: Path, edit: object, field: str) -> None:
     directory = make(tmp_path / "s")
+    edit(directory)  # type: ignore[operator]
+    with pytest.raises(SnpError) as caught:
+        staging.read_staging(str(directory))
+    assert caught.value.field == field, caught.value.message
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda d: edit_manifest(d, verity=None), "manifest.verity"),
+    (lambda d: edit_manifest(d, verity={"root_hash": "cd"}), "manifest.verity.root_hash"),
+    (lambda d: edit_manifest(d, verity={"root_hash": "ef" * 32}), "cmdline"),  # not the hash the cmdline carries
+])
+def test_a_verity_staging_dir_must_carry_its_root_hash_on_the_cmdline(tmp_path: Path, edit: object,
+                                                                      field: str) -> None:
+    directory = make(tmp_path / "v", "verity")
     edit(directory)  # type: ignore[operator]
     with pytest.raises(SnpError) as caught:
         staging.read_staging(str(directory))

@@ -70,7 +70,7 @@ def make_staging(directory: Path, artifacts: Path, server: ServerProcess, image:
         sealed = str(directory / staging_mod.SEALED_KEY)
     staged = staging_mod.Staging(
         directory=str(directory), image=image, mode=mode, kernel_version="6.12.57+deb13-amd64",
-        cmdline=cmdline_of(image),
+        cmdline=cmdline_of(image) + (f" snpguard.verity.roothash={'ab' * 32}" if mode == "verity" else ""),
         firmware_sha384=sha384(artifacts / firmware), launch=parse_launch(LAUNCH),
         kernel_sha256=sha256(kernel), initrd_sha256=sha256(initrd), sealed_volume_key=sealed,
         verity={"root_hash": "ab" * 32} if mode == "verity" else None,

@@ -1,0 +1,171 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""The initramfs-tools side of ``mode: verity``: a read-only root checked block by block.
+
+No key is released at boot in this mode (the root holds nothing secret; a runtime
+attestation gates secrets later).  What the initrd does instead:
+
+* ``scripts/local-top/snpguard-verity`` reads ``snpguard.verity.roothash=``,
+  ``snpguard.verity.data=`` (``PARTUUID=…``) and ``snpguard.verity.hashoffset=`` from the
+  measured kernel command line, waits for the partition and opens it with ``veritysetup
+  open`` as /dev/mapper/root: the hash tree is appended to the same partition, after the
+  file system.  Any block whose hash does not lead to the measured root hash then fails to
+  read.  A missing or malformed parameter, or a failed open, powers the VM off.
+* ``scripts/init-bottom/snpguard-verity`` makes the running system writable where it must
+  be, without touching the root: /var, /home and /root become tmpfs copies of the image's
+  (populated here, before systemd starts), /tmp an empty tmpfs, and /etc an overlay whose
+  upper layer is tmpfs.  Nothing written at run time survives a reboot.
+* ``hooks/snpguard-verity`` adds veritysetup, coreutils' ``cp`` and util-linux' ``mount``
+  (klibc's do not copy trees or mount overlays) and the dm-verity and overlay modules.
+* the agent's panic script (``initramfs_tools.PANIC``) powers off instead of a rescue shell.
+"""
+
+from __future__ import annotations
+
+from .initramfs_tools import PANIC, PANIC_PATH
+
+HOOK_PATH = "/etc/initramfs-tools/hooks/snpguard-verity"
+LOCAL_TOP_PATH = "/etc/initramfs-tools/scripts/local-top/snpguard-verity"
+INIT_BOTTOM_PATH = "/etc/initramfs-tools/scripts/init-bottom/snpguard-verity"
+TOOLS_DIR = "/usr/lib/snpguard/bin"
+#: The measured command-line parameters (their values are checked by the local-top script).
+ROOT_HASH, DATA_DEVICE, HASH_OFFSET = "snpguard.verity.roothash", "snpguard.verity.data", "snpguard.verity.hashoffset"
+WRITABLE_COPIES = ("var", "home", "root")
+
+HOOK = r"""#!/bin/sh
+# snpguard-verity: what a dm-verity root needs in the initrd (written by snpguard.cvm; do not edit).
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+
+. /usr/share/initramfs-tools/hook-functions
+
+fail() { echo "E: snpguard-verity: $*" >&2; exit 1; }
+VERITYSETUP=$(command -v veritysetup || echo /usr/sbin/veritysetup)
+[ -x "$VERITYSETUP" ] || fail "veritysetup is not installed in the image (cryptsetup-bin)"
+copy_exec "$VERITYSETUP" /usr/sbin/veritysetup || fail "cannot copy veritysetup"
+copy_exec "$(command -v cp)" @TOOLS@/cp || fail "cannot copy cp"
+copy_exec "$(command -v mount)" @TOOLS@/mount || fail "cannot copy mount"
+for module in dm_mod dm_verity overlay; do
+    manual_add_modules "$module" || fail "no kernel module $module"
+done
+exit 0
+"""
+
+LOCAL_TOP = r"""#!/bin/sh
+# snpguard-verity: open the root as dm-verity with the measured root hash (written by snpguard.cvm; do not edit).
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+
+. /scripts/functions
+
+stop() {
+    echo "snpguard-verity: $*"
+    echo "snpguard-verity: stopping this boot: no root file system, no shell; powering off"
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 10
+    poweroff -f
+    while :; do sleep 60; done
+}
+
+[ -b /dev/mapper/root ] && exit 0
+roothash= data= offset=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    @ROOT_HASH@=*) roothash=${arg#*=} ;;
+    @DATA_DEVICE@=PARTUUID=*) data=${arg#*=PARTUUID=} ;;
+    @HASH_OFFSET@=*) offset=${arg#*=} ;;
+    esac
+done
+case "$roothash" in
+*[!0-9a-f]* | "") stop "no valid @ROOT_HASH@= on the kernel command line" ;;
+esac
+[ "${#roothash}" -eq 64 ] || stop "@ROOT_HASH@= must be 64 hex digits (SHA-256)"
+case "$data" in
+*[!0-9a-f-]* | "") stop "no valid @DATA_DEVICE@=PARTUUID=... on the kernel command line" ;;
+esac
+case "$offset" in
+*[!0-9]* | "") stop "no valid @HASH_OFFSET@= on the kernel command line" ;;
+esac
+modprobe -q dm_verity 2>/dev/null || true
+device=/dev/disk/by-partuuid/$data
+tries=0
+while [ ! -b "$device" ] && [ "$tries" -lt 600 ]; do
+    sleep 0.1
+    tries=$((tries + 1))
+done
+[ -b "$device" ] || stop "the root partition PARTUUID=$data did not appear"
+if ! /usr/sbin/veritysetup open --hash-offset="$offset" "$device" root "$device" "$roothash"; then
+    stop "veritysetup refused $device with the measured root hash"
+fi
+echo "snpguard-verity: $device opened as /dev/mapper/root (dm-verity, root hash ${roothash})"
+exit 0
+"""
+
+INIT_BOTTOM = r"""#!/bin/sh
+# snpguard-verity: writable /var /home /root /tmp and /etc over the read-only root (written by snpguard.cvm).
+PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac
+
+stop() {
+    echo "snpguard-verity: $*; powering off"
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 10
+    poweroff -f
+    while :; do sleep 60; done
+}
+
+MOUNT=@TOOLS@/mount
+RW=/run/snpguard-rw
+root=${rootmnt:?}
+# The root must be the verity mapper, mounted read-only (as /proc/mounts says, not as asked).
+seen=
+while read -r dev mnt fstype opts rest; do
+    [ "$mnt" = "$root" ] && seen="$dev $fstype $opts"
+done < /proc/mounts
+case "$seen" in
+"/dev/mapper/root "*" ro,"* | "/dev/mapper/root "*" ro") ;;
+*) stop "the root is not /dev/mapper/root mounted read-only (${seen:-not mounted})" ;;
+esac
+echo "snpguard-verity: root ${seen%% *} mounted ${seen##* }"
+mkdir -p "$RW" && $MOUNT -t tmpfs -o mode=0755,nosuid,nodev snpguard-rw "$RW" || stop "cannot mount $RW"
+for dir in @WRITABLE_COPIES@; do
+    [ -d "$root/$dir" ] || continue
+    @TOOLS@/cp -a "$root/$dir" "$RW/" || stop "cannot copy /$dir to tmpfs"
+    $MOUNT --bind "$RW/$dir" "$root/$dir" || stop "cannot mount the writable /$dir"
+done
+$MOUNT -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp" || stop "cannot mount /tmp"
+mkdir -p "$RW/etc/upper" "$RW/etc/work"
+$MOUNT -t overlay snpguard-etc -o "lowerdir=$root/etc,upperdir=$RW/etc/upper,workdir=$RW/etc/work" "$root/etc" \
+    || stop "cannot mount the /etc overlay"
+echo "snpguard-verity: root read-only; /var /home /root /tmp on tmpfs, /etc an overlay (nothing written persists)"
+exit 0
+"""
+
+
+def _fill(template: str) -> str:
+    return (template.replace("@TOOLS@", TOOLS_DIR).replace("@ROOT_HASH@", ROOT_HASH)
+            .replace("@DATA_DEVICE@", DATA_DEVICE).replace("@HASH_OFFSET@", HASH_OFFSET)
+            .replace("@WRITABLE_COPIES@", " ".join(WRITABLE_COPIES)))
+
+
+def verity_scripts() -> list[tuple[str, bytes, int]]:
+    """(path in the image, content, mode) of the hook and boot scripts, sorted by path."""
+    files = [(HOOK_PATH, _fill(HOOK).encode(), 0o755), (LOCAL_TOP_PATH, _fill(LOCAL_TOP).encode(), 0o755),
+             (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, PANIC.encode(), 0o755)]
+    return sorted(files)
+
+
+def verity_cmdline(root_hash: str, partuuid: str, hash_offset: int) -> list[str]:
+    """The measured parameters the local-top script reads."""
+    return [f"{ROOT_HASH}={root_hash}", f"{DATA_DEVICE}=PARTUUID={partuuid.lower()}", f"{HASH_OFFSET}={hash_offset}"]

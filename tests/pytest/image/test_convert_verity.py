@@ -1,0 +1,188 @@
+# Copyright: snpguard.cvm contributors
+# SPDX-License-Identifier: Apache-2.0
+"""``mode: verity``: convert the stock Debian 13 image, inspect it, boot it read-only, flip a block.
+
+``snpguard image convert --mode verity`` copies the root into a file system of the stock
+size, appends a dm-verity hash tree to the partition and puts the root hash on the
+measured command line.  libguestfs checks the superblock and the whole tree
+(``veritysetup verify``) against the staged root hash, the fstab, the initrd's scripts and
+tools, and that no SSH host keys were copied.  Then two simulated launches run side by
+side (one vCPU each): the image as converted reaches multi-user with the root read-only
+and sshd started (its host keys made at boot in the /etc overlay); a copy with one byte
+flipped in a data block of /usr/sbin/sshd boots too, but the kernel reports the block
+corrupted and sshd cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CloudImage
+from servers import stage
+from test_convert_boot import convert_cli, need_tools, wait_for
+
+from ansible_collections.snpguard.cvm.cli.process import run
+from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.appliance import shell
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, VmConfig
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
+
+pytestmark = pytest.mark.slow
+NAME = "debian13-verity"
+FLIPPED_FILE = "/usr/sbin/sshd"
+
+
+@dataclass
+class Converted:
+    output: Path
+    staging: Path
+    result: dict[str, Any]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory, cloud_image: CloudImage, artifacts: Path) -> Converted:
+    need_tools()
+    work = tmp_path_factory.mktemp("verity")
+    output, staging = work / "ro.qcow2", work / "ro.staging"
+    started = time.monotonic()
+    proc = convert_cli([str(cloud_image.path), str(output), "--staging-dir", str(staging), "--name", NAME,
+                        "--mode", "verity", "--firmware", str(artifacts / "OVMF.amdsev.fd"),
+                        "--package-cache", str(work.parent / "debs"), "--force-tcg", "--json"])
+    seconds = round(time.monotonic() - started, 1)
+    print(proc.stderr[-2500:] + f"\nstage convert_verity: {seconds} s")
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
+    return Converted(output, staging, json.loads(proc.stdout), seconds)
+
+
+@dataclass
+class Inspected:
+    dump: str
+    verify_rc: int
+    fstab: str
+    ssh_host_keys: list[str]
+    initrd_files: set[str]
+    flipped: Path
+    flipped_block: int
+
+
+@pytest.fixture(scope="module")
+def inspected(converted: Converted, tmp_path_factory: pytest.TempPathFactory) -> Inspected:
+    """The converted image read-only, then a second overlay with one byte of sshd's first block flipped."""
+    guestfs = need_tools()
+    verity = converted.result["verity"]
+    device = f"/dev/sda{verity['device_partition']}"
+    flipped = tmp_path_factory.mktemp("flipped") / "flipped.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(converted.output), "-F", "qcow2",
+                    str(flipped)], check=True)
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(flipped), format="qcow2", readonly=False)
+        g.launch()
+        dump = shell(g, "verity dump", f"veritysetup dump --hash-offset={verity['hash_offset']} {device}")
+        verify_rc = int(shell(g, "verity verify", f"veritysetup verify --hash-offset={verity['hash_offset']} "
+                              f"{device} {device} {verity['root_hash']} >/dev/null 2>&1 && echo 0 || echo $?"))
+        g.mount_ro(device, "/")  # the file system starts at the partition's first byte
+        version = converted.result["kernel_version"]
+        facts = (g.cat("/etc/fstab"), g.glob_expand("/etc/ssh/ssh_host_*"),
+                 set(g.command_lines(["lsinitramfs", f"/boot/initrd.img-{version}"])))
+        block = int(shell(g, "bmap", f"debugfs -R 'bmap {FLIPPED_FILE} 0' {device} 2>/dev/null").split()[-1])
+        g.umount_all()
+        byte = g.pread_device(device, 1, block * 4096 + 100)
+        g.pwrite_device(device, bytes([byte[0] ^ 0xFF]), block * 4096 + 100)
+        g.shutdown()
+    finally:
+        g.close()
+    return Inspected(dump, verify_rc, facts[0], facts[1], facts[2], flipped, block)
+
+
+def test_the_root_hash_is_on_the_measured_cmdline(converted: Converted) -> None:
+    verity = converted.result["verity"]
+    staged = stg.read_staging(str(converted.staging))  # checks the cmdline carries the manifest's root hash
+    assert staged.mode == "verity" and staged.sealed_volume_key is None
+    assert staged.verity["root_hash"] == verity["root_hash"]
+    args = staged.cmdline.split()
+    assert f"snpguard.verity.roothash={verity['root_hash']}" in args
+    assert f"snpguard.verity.data=PARTUUID={verity['partuuid']}" in args
+    assert f"snpguard.verity.hashoffset={verity['hash_offset']}" in args
+    assert args[:2] == ["root=/dev/mapper/root", "ro"] and "ip=dhcp" not in args
+    assert sorted(p.name for p in converted.staging.iterdir()) == sorted(
+        [stg.MANIFEST, stg.KERNEL, stg.INITRD, stg.CMDLINE])
+    print(f"\nverity conversion: {converted.seconds} s; {verity['data_blocks']} data blocks, "
+          f"hash tree at {verity['hash_offset']} bytes")
+
+
+def test_the_superblock_and_the_whole_tree_match_the_staged_root_hash(converted: Converted,
+                                                                      inspected: Inspected) -> None:
+    verity = converted.result["verity"]
+    dump = inspected.dump
+    assert re.search(r"^Hash type:\s+1$", dump, re.M), dump
+    assert re.search(rf"^Data blocks:\s+{verity['data_blocks']}$", dump, re.M), dump
+    assert re.search(r"^Data block size:\s+4096", dump, re.M), dump
+    assert re.search(r"^Hash algorithm:\s+sha256$", dump, re.M), dump
+    assert re.search(rf"^Salt:\s+{verity['salt']}$", dump, re.M), dump
+    assert inspected.verify_rc == 0, "veritysetup verify refused the image as converted"
+
+
+def test_the_root_is_mounted_read_only_through_the_initrd_scripts(inspected: Inspected) -> None:
+    root_lines = [line for line in inspected.fstab.splitlines() if line.split()[1:2] == ["/"]]
+    assert root_lines == ["/dev/mapper/root / ext4 ro 0 0"]
+    files = inspected.initrd_files
+    for needed in ("scripts/local-top/snpguard-verity", "scripts/init-bottom/snpguard-verity",
+                   "scripts/panic/snpguard-agent", "usr/sbin/veritysetup", "usr/lib/snpguard/bin/cp",
+                   "usr/lib/snpguard/bin/mount", "dm-verity.ko", "overlay.ko"):
+        assert any(needed in name for name in files), f"{needed} not in the initrd"
+    assert not any("snpguard/agent/" in name for name in files), "no key-release agent in a verity initrd"
+    assert inspected.ssh_host_keys == []
+
+
+def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted, inspected: Inspected,
+                                                           artifacts: Path, sim_dir: Path, tmp_path: Path) -> None:
+    staged = stg.read_staging(str(converted.staging))
+    stages: dict[str, float] = {"convert": converted.seconds}
+    vms = {}
+    for name, disk in (("intact", tmp_path / "intact.qcow2"), ("flipped", inspected.flipped)):
+        if name == "intact":
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(converted.output), "-F", "qcow2",
+                            str(disk)], check=True)
+        config = VmConfig(name=f"verity-{name}", state_dir=str(tmp_path / name),
+                          firmware=str(artifacts / "OVMF.amdsev.fd"), kernel=staged.kernel, initrd=staged.initrd,
+                          cmdline=staged.cmdline, memory_mb=1536, simulate=True, network="user",
+                          disks=[Disk(str(disk), format="qcow2")]).validate()
+        vms[name] = (Vm(config.name, config.state_dir, run), config)
+    done = re.compile(r"Reached target multi-user|Multi-User System|stopping this boot|powering off|Kernel panic")
+    texts = {}
+    t = time.monotonic()
+    try:
+        for vm, config in vms.values():
+            assert vm.start(config, simulated_amdsp=str(sim_dir)).changed
+        for name, (vm, config) in vms.items():
+            texts[name] = wait_for(vm, Path(config.state_dir) / "serial.log", done)
+            if "Reached target multi-user" in texts[name] or "Multi-User System" in texts[name]:
+                time.sleep(5)  # units still starting beside the target (sshd) report a moment later
+                texts[name] = (Path(config.state_dir) / "serial.log").read_text(errors="replace")
+            t = stage(stages, f"boot_{name}", t)
+    finally:
+        for vm, _config in vms.values():
+            vm.remove()
+    intact, flipped = texts["intact"], texts["flipped"]
+    for name, text in texts.items():
+        print(f"--- {name}\n" + "\n".join(line for line in text.splitlines()
+                                           if "snpguard-verity" in line or "verity" in line.lower()
+                                           or "ssh" in line.lower())[-3000:])
+    print(f"stages (s): {stages}")
+    assert "opened as /dev/mapper/root (dm-verity" in intact, intact[-4000:]
+    assert "snpguard-verity: root /dev/mapper/root mounted ro" in intact, intact[-4000:]
+    assert "/etc an overlay" in intact
+    assert "Multi-User System" in intact or "Reached target multi-user" in intact, intact[-4000:]
+    assert re.search(r"Started ssh\.service", intact), intact[-4000:]  # host keys made at boot, in the overlay
+    assert "is corrupted" not in intact
+    assert re.search(r"verity.*data block \d+ is corrupted", flipped), flipped[-4000:]
+    assert not re.search(r"Started ssh\.service", flipped), "sshd ran from a corrupted block"
