@@ -100,7 +100,9 @@ copy_plain @CONFIG@ @CONFIG@
 CRYPTSETUP=$(command -v cryptsetup || echo /usr/sbin/cryptsetup)
 [ -x "$CRYPTSETUP" ] || snpguard_fail "cryptsetup is not installed in the image"
 copy_bin "$CRYPTSETUP" /usr/sbin/cryptsetup
-for module in sev-guest tsm tsm_report configfs dm_mod dm_crypt dm_integrity virtio_console; do
+# The cipher of the converter's LUKS2 (aes-xts-plain64) and its hash, whatever cryptsetup's hook found.
+for module in sev-guest tsm tsm_report configfs dm_mod dm_crypt dm_integrity virtio_console \
+        xts aes_generic aesni_intel sha256_generic; do
     manual_add_modules "$module" 2>/dev/null || true
 done
 auto_add_modules net

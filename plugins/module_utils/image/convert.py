@@ -486,10 +486,15 @@ def _verity_fstab(current: str) -> str:
 
 
 def _crypttab(handle: Any, luks_uuid: str) -> str:
-    """The stock crypttab plus the root line; ``noauto``: the agent opens root in the initrd, nothing prompts."""
+    """The stock crypttab plus the root line.
+
+    ``initramfs`` makes cryptsetup-initramfs put dm-crypt and the cipher's kernel modules into
+    the initrd even though, in the appliance, the root is not mounted from this entry; at boot
+    its cryptroot runs after the agent, finds /dev/mapper/root open and never prompts.
+    """
     current = handle.read_file("/etc/crypttab").decode() if handle.is_file("/etc/crypttab") else ""
     lines = [line for line in current.splitlines() if line.split()[:1] != [MAPPER]]
-    lines.append(f"{MAPPER} UUID={luks_uuid} none luks,noauto")
+    lines.append(f"{MAPPER} UUID={luks_uuid} none luks,initramfs")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 from conftest import CloudImage
+from conversions import convert_cli, need_tools, wait_for
 from servers import GUEST_SERVER, Agent, ServerProcess, snpguard_cmd, snpguard_env, stage
 
 from ansible_collections.snpguard.cvm.cli.process import run
@@ -48,16 +49,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 pytestmark = pytest.mark.slow
 NAME = "debian13-converted"
 SERVER_URL = f"https://{GUEST_SERVER[0]}"
-BOOT_DEADLINE = 900.0  # systemd to multi-user under TCG on a loaded 2-core machine: ~2-4 min normally
-CONVERT_TIMEOUT = 2400
-
-
-def need_tools() -> Any:
-    if os.geteuid() != 0:
-        pytest.skip("conversion needs root (libguestfs' appliance, dpkg in the image)")
-    os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
-    os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    return pytest.importorskip("guestfs")
+MIB = 1 << 20
 
 
 def ingestion_key(server: ServerProcess) -> str:
@@ -83,12 +75,6 @@ class Conversion:
         if staging is not None:
             argv[argv.index(str(self.staging))] = str(staging)
         return convert_cli(argv + list(extra))
-
-
-def convert_cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    env = dict(snpguard_env(), LIBGUESTFS_BACKEND="direct", LIBGUESTFS_BACKEND_SETTINGS="force_tcg")
-    return subprocess.run(snpguard_cmd("image", "convert", *argv), env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=CONVERT_TIMEOUT, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -279,9 +265,9 @@ def test_the_luks2_header_has_the_documented_parameters(inspected: Inspected) ->
 
 
 def test_the_image_boots_through_the_agent(inspected: Inspected, conversion: Conversion) -> None:
-    """crypttab names the container noauto; the regenerated initrd carries the agent, its config and CA."""
+    """crypttab names the container for the initrd; the regenerated initrd carries the agent, its config and CA."""
     uuid = conversion.result["luks"]["uuid"]
-    assert f"root UUID={uuid} none luks,noauto" in inspected.crypttab.splitlines()
+    assert f"root UUID={uuid} none luks,initramfs" in inspected.crypttab.splitlines()
     assert inspected.initrd_sha256 == stg.read_staging(str(conversion.staging)).initrd_sha256
     files = inspected.initrd_files
     for needed in ("scripts/local-top/snpguard-agent", "usr/sbin/cryptsetup", "etc/snpguard/agent.json",
@@ -290,6 +276,16 @@ def test_the_image_boots_through_the_agent(inspected: Inspected, conversion: Con
     assert any("cryptography" in name for name in files), "the agent's cryptography is not in the initrd"
     assert inspected.agent_config["url"] == SERVER_URL and inspected.agent_config["image"] == NAME
     assert inspected.agent_config["luks_device"] == f"UUID={uuid}"
+
+
+def test_the_agent_grows_the_initrd_by_at_most_15_mib(conversion: Conversion, cloud_image: CloudImage) -> None:
+    """Stock initrd (the fixture's manifest) against the regenerated one, both zstd as the image makes them."""
+    version = conversion.result["kernel_version"]
+    stock = next(k["initrd_bytes"] for k in cloud_image.manifest["kernels"] if k["version"] == version)
+    converted = (conversion.staging / stg.INITRD).stat().st_size
+    growth = converted - stock
+    print(f"\ninitrd: stock {stock / MIB:.1f} MiB, converted {converted / MIB:.1f} MiB (+{growth / MIB:.1f} MiB)")
+    assert growth <= 15 * MIB
 
 
 def test_no_ssh_host_keys_are_copied_into_the_confidential_image(inspected: Inspected) -> None:
@@ -324,18 +320,6 @@ def test_boot_attests_unlocks_and_reaches_multi_user(inspected: Inspected, conve
     assert "Reached target multi-user.target" in text or "Multi-User System" in text, text[-4000:]
     assert f"SNPGUARD-TEST: marker {inspected.marker} root /dev/mapper/root" in text, text[-4000:]
     assert "Please unlock disk" not in text
-
-
-def wait_for(vm: Vm, serial: Path, done: re.Pattern[str]) -> str:
-    end = time.monotonic() + BOOT_DEADLINE
-    text = ""
-    while time.monotonic() < end:
-        text = serial.read_text(errors="replace") if serial.exists() else ""
-        if done.search(text) or vm.pid() is None:
-            time.sleep(1.0)
-            return serial.read_text(errors="replace") if serial.exists() else ""
-        time.sleep(1.0)
-    raise AssertionError(f"nothing decisive within {BOOT_DEADLINE} s; serial log tail:\n{text[-4000:]}")
 
 
 def test_a_rerun_with_the_same_input_changes_nothing(conversion: Conversion) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 from conftest import CloudImage
+from conversions import console, convert_cli, need_tools, wait_for
 from servers import stage
-from test_convert_boot import convert_cli, need_tools, wait_for
 
 from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
@@ -167,7 +167,7 @@ def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted,
             texts[name] = wait_for(vm, Path(config.state_dir) / "serial.log", done)
             if "Reached target multi-user" in texts[name] or "Multi-User System" in texts[name]:
                 time.sleep(5)  # units still starting beside the target (sshd) report a moment later
-                texts[name] = (Path(config.state_dir) / "serial.log").read_text(errors="replace")
+                texts[name] = console(Path(config.state_dir) / "serial.log")
             t = stage(stages, f"boot_{name}", t)
     finally:
         for vm, _config in vms.values():
