@@ -18,6 +18,10 @@ attestation gates secrets later).  What the initrd does instead:
 * ``hooks/snpguard-verity`` adds veritysetup, coreutils' ``cp`` and util-linux' ``mount``
   (klibc's do not copy trees or mount overlays) and the dm-verity and overlay modules.
 * the agent's panic script (``initramfs_tools.PANIC``) powers off instead of a rescue shell.
+
+In the running system ``snpguard-boot-report.service`` (``boot_report.py`` and the stdlib-only
+modules it imports, under /usr/lib/snpguard/report) asks for a report that binds the SSH host
+key made at this boot, for a runtime attestation to pin.
 """
 
 from __future__ import annotations
@@ -31,6 +35,34 @@ TOOLS_DIR = "/usr/lib/snpguard/bin"
 #: The measured command-line parameters (their values are checked by the local-top script).
 ROOT_HASH, DATA_DEVICE, HASH_OFFSET = "snpguard.verity.roothash", "snpguard.verity.data", "snpguard.verity.hashoffset"
 WRITABLE_COPIES = ("var", "home", "root")
+REPORT_DIR = "/usr/lib/snpguard/report"
+REPORT_ENTRY = "plugins/module_utils/agent/boot_report.py"
+REPORT_UNIT = "/etc/systemd/system/snpguard-boot-report.service"
+REPORT_WANTS = "/etc/systemd/system/multi-user.target.wants/snpguard-boot-report.service"
+
+UNIT = """[Unit]
+Description=snpguard: an SEV-SNP report binding this boot's SSH host key
+After=cloud-init.service ssh.service sshd-keygen.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 -I -S -B @REPORT_DIR@/snpguard-boot-report.py --source @SOURCE@
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+REPORT_SCRIPT = """#!/usr/bin/python3 -I -S -B
+\"\"\"snpguard-boot-report: a report binding the SSH host key (written by snpguard.cvm; do not edit).\"\"\"
+import sys
+
+sys.path[:0] = ["@REPORT_DIR@"]
+from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import main  # noqa: E402
+
+sys.exit(main())
+"""
 
 HOOK = r"""#!/bin/sh
 # snpguard-verity: what a dm-verity root needs in the initrd (written by snpguard.cvm; do not edit).
@@ -163,6 +195,26 @@ def verity_scripts() -> list[tuple[str, bytes, int]]:
     """(path in the image, content, mode) of the hook and boot scripts, sorted by path."""
     files = [(HOOK_PATH, _fill(HOOK).encode(), 0o755), (LOCAL_TOP_PATH, _fill(LOCAL_TOP).encode(), 0o755),
              (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, PANIC.encode(), 0o755)]
+    return sorted(files)
+
+
+def boot_report_files(report_source: str) -> list[tuple[str, bytes, int]]:
+    """The boot report's program (its stdlib-only import closure), entry script and systemd unit."""
+    import os
+
+    from .payload import COLLECTION_ROOT, PACKAGE, agent_modules
+
+    collection = f"{REPORT_DIR}/{PACKAGE.replace('.', '/')}"
+    files = []
+    for rel in agent_modules(entry=REPORT_ENTRY):
+        with open(os.path.join(COLLECTION_ROOT, rel), "rb") as handle:
+            files.append((f"{collection}/{rel}", handle.read(), 0o644))
+    for package in ("ansible_collections", "ansible_collections/snpguard", "ansible_collections/snpguard/cvm"):
+        files.append((f"{REPORT_DIR}/{package}/__init__.py", b"", 0o644))
+    files.append((f"{REPORT_DIR}/snpguard-boot-report.py", REPORT_SCRIPT.replace("@REPORT_DIR@", REPORT_DIR).encode(),
+                  0o755))
+    files.append((REPORT_UNIT, UNIT.replace("@REPORT_DIR@", REPORT_DIR).replace("@SOURCE@", report_source).encode(),
+                  0o644))
     return sorted(files)
 
 

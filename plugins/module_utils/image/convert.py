@@ -181,8 +181,9 @@ def _payload(options: ConvertOptions, luks_uuid: str) -> list[Any]:
     from ..agent.config import AgentConfig
     from ..agent.payload import PayloadFile, agent_files
     if options.mode == "verity":
-        from ..agent.verity import verity_scripts
-        return [PayloadFile(dest, data, mode) for dest, data, mode in verity_scripts()]
+        from ..agent.verity import boot_report_files, verity_scripts
+        return [PayloadFile(dest, data, mode)
+                for dest, data, mode in verity_scripts() + boot_report_files(options.report_source)]
     with open(options.agent_ca_file, "rb") as handle:
         ca_pem = handle.read()
     config = AgentConfig(url=options.agent_url, image=options.name, luks_device=f"UUID={luks_uuid}",
@@ -418,6 +419,10 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             call(f"mkdir {parent}", handle.mkdir_p, parent)
             call(f"write {item.dest}", handle.write, item.dest, item.data)
             call(f"chmod {item.dest}", handle.chmod, item.mode, item.dest)
+        if options.mode == "verity":
+            from ..agent.verity import REPORT_UNIT, REPORT_WANTS
+            call("mkdir multi-user.target.wants", handle.mkdir_p, os.path.dirname(REPORT_WANTS))
+            call("enable the boot report", handle.ln_sf, REPORT_UNIT, REPORT_WANTS)
         if options.mode == "luks":
             crypttab = _crypttab(handle, luks_uuid)
             call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())

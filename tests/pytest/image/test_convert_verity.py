@@ -8,9 +8,11 @@ measured command line.  libguestfs checks the superblock and the whole tree
 (``veritysetup verify``) against the staged root hash, the fstab, the initrd's scripts and
 tools, and that no SSH host keys were copied.  Then two simulated launches run side by
 side (one vCPU each): the image as converted reaches multi-user with the root read-only
-and sshd started (its host keys made at boot in the /etc overlay); a copy with one byte
-flipped in a data block of /usr/sbin/sshd boots too, but the kernel reports the block
-corrupted and sshd cannot start.
+and sshd started (its host keys made at boot in the /etc overlay), and its boot report -
+printed on the console - verifies with ``snpguard report verify`` against the simulated
+AMD-SP's chain, carries the staged launch measurement and binds exactly the host key it
+names; a copy with one byte flipped in a data block of /usr/sbin/sshd boots too, but the
+kernel reports the block corrupted and sshd cannot start.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def test_the_root_is_mounted_read_only_through_the_initrd_scripts(inspected: Ins
 
 
 def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted, inspected: Inspected,
-                                                           artifacts: Path, sim_dir: Path, tmp_path: Path) -> None:
+                                                           artifacts: Path, sim_dir: Path, sim, tmp_path: Path) -> None:
     staged = stg.read_staging(str(converted.staging))
     stages: dict[str, float] = {"convert": converted.seconds}
     vms = {}
@@ -186,3 +188,38 @@ def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted,
     assert "is corrupted" not in intact
     assert re.search(r"verity.*data block \d+ is corrupted", flipped), flipped[-4000:]
     assert not re.search(r"Started ssh\.service", flipped), "sshd ran from a corrupted block"
+    check_boot_report(intact, staged, artifacts, sim, tmp_path)
+
+
+def check_boot_report(text: str, staged: stg.Staging, artifacts: Path, sim, tmp_path: Path) -> None:
+    """The console's boot report: a genuine (simulated) report of this launch, binding the key it names."""
+    import base64
+
+    from servers import snpguard_cmd, snpguard_env
+
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.binding import host_key_binding
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.crypto_guard import serialization
+
+    key = re.search(r"snpguard-boot-report: SSH host key (SHA256:\S+) \((ssh-ed25519) (\S+)\) bound into", text)
+    report = re.search(r"snpguard-boot-report: report (\S+)", text)
+    assert key and report, "no boot report on the console:\n" + text[-4000:]
+    blob = base64.b64decode(key.group(3))
+    (tmp_path / "boot-report.bin").write_bytes(base64.b64decode(report.group(1)))
+    for name in ("vcek", "ask", "ark"):
+        (tmp_path / f"{name}.pem").write_bytes(getattr(sim, name).public_bytes(serialization.Encoding.PEM))
+    env = snpguard_env()
+    measured = subprocess.run(snpguard_cmd("measure", "--mode", "snp", "--vcpus", "1", "--vcpu-type", "EPYC-v4",
+                                           "--ovmf", str(artifacts / "OVMF.amdsev.fd"), "--kernel", staged.kernel,
+                                           "--initrd", staged.initrd, "--append", staged.cmdline),
+                              env=env, capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+    argv = ["report", "verify", "--report", str(tmp_path / "boot-report.bin"), "--offline",
+            "--simulated-root", str(tmp_path / "ark.pem"), "--ark", str(tmp_path / "ark.pem"),
+            "--ask", str(tmp_path / "ask.pem"), "--vcek", str(tmp_path / "vcek.pem"), "--measurement", measured]
+    good = subprocess.run(snpguard_cmd(*argv, "--report-data", host_key_binding(blob).hex()), env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert good.returncode == 0, good.stdout + good.stderr
+    other = host_key_binding(blob[:-1] + bytes([blob[-1] ^ 1])).hex()  # another key: the report must not vouch
+    refused = subprocess.run(snpguard_cmd(*argv, "--report-data", other), env=env, capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    print(f"boot report: {key.group(1)} bound, measurement {measured[:16]}…, verified")
