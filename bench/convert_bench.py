@@ -132,7 +132,7 @@ def self_signed_ca(path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--fill-to", type=int, default=2048, metavar="MIB", help="data in the root (default 2048)")
     parser.add_argument("--artifacts", type=Path, default=artifacts_default())

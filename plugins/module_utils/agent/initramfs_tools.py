@@ -133,7 +133,10 @@ if [ -b "/dev/mapper/@MAPPER@" ]; then
     exit 0
 fi
 for module in sev-guest tsm dm_crypt; do modprobe -q "$module" 2>/dev/null || true; done
-if [ -d /sys/kernel/config ] && ! grep -q " /sys/kernel/config " /proc/mounts; then
+# Shell built-ins only where klibc has no tool (an initrd without busybox has no grep or rm).
+configfs=
+while read -r _dev mnt _rest; do [ "$mnt" = /sys/kernel/config ] && configfs=mounted; done < /proc/mounts
+if [ -d /sys/kernel/config ] && [ -z "$configfs" ]; then
     mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
 fi
 # DHCP unless the measured command line's ip= says otherwise.
@@ -150,7 +153,7 @@ for conf in /run/net-*.conf; do
         ip -4 addr flush dev "$dev" 2>/dev/null || true
         ip link set "$dev" down 2>/dev/null || true
     fi
-    rm -f "$conf"
+    rm -f "$conf" 2>/dev/null || nuke "$conf" 2>/dev/null || : > "$conf"
 done
 exit 0
 """

@@ -176,9 +176,8 @@ def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted,
             vm.remove()
     intact, flipped = texts["intact"], texts["flipped"]
     for name, text in texts.items():
-        print(f"--- {name}\n" + "\n".join(line for line in text.splitlines()
-                                           if "snpguard-verity" in line or "verity" in line.lower()
-                                           or "ssh" in line.lower())[-3000:])
+        wanted = [line for line in text.splitlines() if "verity" in line.lower() or "ssh" in line.lower()]
+        print(f"--- {name}\n" + "\n".join(wanted)[-3000:])
     print(f"stages (s): {stages}")
     assert "opened as /dev/mapper/root (dm-verity" in intact, intact[-4000:]
     assert "snpguard-verity: root /dev/mapper/root mounted ro" in intact, intact[-4000:]
