@@ -211,17 +211,25 @@ def sim_root(sim: SimulatedAmdSp, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator[ServerProcess]:
     """A server that trusts the simulated root, offline (no KDS), short nonce TTL for the expiry test."""
-    proc = ServerProcess(tmp_path_factory.mktemp("server") / "data",
-                         ["--simulated-root", str(sim_root), "--offline", "--nonce-ttl", "3"])
+    yield from running(tmp_path_factory.mktemp("server") / "data", sim_root, "--nonce-ttl", "3")
+
+
+def running(data_dir: Path, sim_root: Path, *args: str) -> Iterator[ServerProcess]:
+    """A fixture's server that trusts the simulated root, offline (no KDS), stopped when the fixture ends."""
+    proc = ServerProcess(data_dir, ["--simulated-root", str(sim_root), "--offline", *args])
     proc.start()
     yield proc
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
+def admin_client(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client(server.mint_token()) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess) -> Iterator[httpx.Client]:
+    yield from admin_client(server)
 
 
 @pytest.fixture(scope="session")
@@ -235,17 +243,13 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory, sim: SimulatedAmdSp) -> Pa
 @pytest.fixture(scope="module")
 def guest_server(tmp_path_factory: pytest.TempPathFactory, sim_root: Path) -> Iterator[ServerProcess]:
     """A server for booted guests: its generated certificate also names the address they use (GUEST_SERVER)."""
-    proc = ServerProcess(tmp_path_factory.mktemp("guest-server") / "data",
-                         ["--simulated-root", str(sim_root), "--offline", "--tls-ips", f"127.0.0.1,{GUEST_SERVER[0]}"])
-    proc.start()
-    yield proc
-    proc.stop()
+    yield from running(tmp_path_factory.mktemp("guest-server") / "data", sim_root, "--tls-ips",
+                       f"127.0.0.1,{GUEST_SERVER[0]}")
 
 
 @pytest.fixture(scope="module")
 def guest_admin(guest_server: ServerProcess) -> Iterator[httpx.Client]:
-    with guest_server.client(guest_server.mint_token()) as client:
-        yield client
+    yield from admin_client(guest_server)
 
 
 def find_postgres_bin() -> Path | None:

@@ -67,13 +67,10 @@ for module in sev-guest tsm dm_crypt; do modprobe -q "$module" 2>/dev/null || tr
 if [ -d /sys/kernel/config ] && ! grep -q " /sys/kernel/config " /proc/mounts; then
     mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
 fi
+@POWER_OFF@
 if ! /usr/bin/python3 -I -S -B @AGENT_DIR@/snpguard-agent.py --config @CONFIG@; then
     echo "snpguard-agent: the root stays locked; stopping this boot: no root, no shell; powering off" > /dev/console
-    sync
-    echo o > /proc/sysrq-trigger
-    sleep 10
-    poweroff -f
-    while :; do sleep 60; done
+    snpguard_power_off
 fi
 """
 

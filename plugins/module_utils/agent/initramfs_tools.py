@@ -21,6 +21,28 @@
 
 from __future__ import annotations
 
+#: Every hook and boot script starts so: initramfs-tools first asks each for its prerequisites.
+PREREQS = r"""PREREQ=""
+prereqs() { echo "$PREREQ"; }
+case "$1" in
+prereqs) prereqs; exit 0 ;;
+esac"""
+#: How a boot script ends a boot that must not go on: no root, no shell, the VM powered off
+#: (sysrq first: it needs nothing from the initrd; poweroff -f if sysrq is disabled).
+POWER_OFF = r"""snpguard_power_off() {
+    sync
+    echo o > /proc/sysrq-trigger
+    sleep 10
+    poweroff -f
+    while :; do sleep 60; done
+}"""
+
+
+def fill_common(template: str) -> str:
+    """The shared pieces of every hook and boot script (``@PREREQS@``, ``@POWER_OFF@``) put in."""
+    return template.replace("@PREREQS@", PREREQS).replace("@POWER_OFF@", POWER_OFF)
+
+
 HOOK_PATH = "/etc/initramfs-tools/hooks/snpguard-agent"
 LOCAL_TOP_PATH = "/etc/initramfs-tools/scripts/local-top/snpguard-agent"
 PANIC_PATH = "/etc/initramfs-tools/scripts/panic/snpguard-agent"
@@ -78,11 +100,7 @@ AgentSession()" || snpguard_fail "the agent does not import in the initrd's layo
 
 HOOK = r"""#!/bin/sh
 # snpguard-agent: put the SEV-SNP key-release agent into the initrd (written by snpguard.cvm; do not edit).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
 
 . /usr/share/initramfs-tools/hook-functions
 
@@ -111,22 +129,15 @@ exit 0
 
 LOCAL_TOP = r"""#!/bin/sh
 # snpguard-agent: attest, receive the LUKS key, open the root (written by snpguard.cvm; do not edit).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
 
 . /scripts/functions
 
+@POWER_OFF@
 snpguard_stop() {
     echo "snpguard-agent: $*"
     echo "snpguard-agent: stopping this boot: no root file system, no shell; powering off"
-    sync
-    echo o > /proc/sysrq-trigger
-    sleep 10
-    poweroff -f
-    while :; do sleep 60; done
+    snpguard_power_off
 }
 
 if [ -b "/dev/mapper/@MAPPER@" ]; then
@@ -160,15 +171,8 @@ exit 0
 
 PANIC = r"""#!/bin/sh
 # snpguard-agent: no rescue shell in a confidential VM (written by snpguard.cvm; do not edit).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
+@POWER_OFF@
 echo "snpguard-agent: initramfs panic: powering off instead of a rescue shell"
-sync
-echo o > /proc/sysrq-trigger
-sleep 10
-poweroff -f
-while :; do sleep 60; done
+snpguard_power_off
 """

@@ -26,7 +26,7 @@ key made at this boot, for a runtime attestation to pin.
 
 from __future__ import annotations
 
-from .initramfs_tools import PANIC, PANIC_PATH
+from .initramfs_tools import PANIC, PANIC_PATH, fill_common
 
 HOOK_PATH = "/etc/initramfs-tools/hooks/snpguard-verity"
 LOCAL_TOP_PATH = "/etc/initramfs-tools/scripts/local-top/snpguard-verity"
@@ -66,11 +66,7 @@ sys.exit(main())
 
 HOOK = r"""#!/bin/sh
 # snpguard-verity: what a dm-verity root needs in the initrd (written by snpguard.cvm; do not edit).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
 
 . /usr/share/initramfs-tools/hook-functions
 
@@ -88,22 +84,15 @@ exit 0
 
 LOCAL_TOP = r"""#!/bin/sh
 # snpguard-verity: open the root as dm-verity with the measured root hash (written by snpguard.cvm; do not edit).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
 
 . /scripts/functions
 
+@POWER_OFF@
 stop() {
     echo "snpguard-verity: $*"
     echo "snpguard-verity: stopping this boot: no root file system, no shell; powering off"
-    sync
-    echo o > /proc/sysrq-trigger
-    sleep 10
-    poweroff -f
-    while :; do sleep 60; done
+    snpguard_power_off
 }
 
 [ -b /dev/mapper/root ] && exit 0
@@ -142,19 +131,12 @@ exit 0
 
 INIT_BOTTOM = r"""#!/bin/sh
 # snpguard-verity: writable /var /home /root /tmp and /etc over the read-only root (written by snpguard.cvm).
-PREREQ=""
-prereqs() { echo "$PREREQ"; }
-case "$1" in
-prereqs) prereqs; exit 0 ;;
-esac
+@PREREQS@
 
+@POWER_OFF@
 stop() {
     echo "snpguard-verity: $*; powering off"
-    sync
-    echo o > /proc/sysrq-trigger
-    sleep 10
-    poweroff -f
-    while :; do sleep 60; done
+    snpguard_power_off
 }
 
 MOUNT=@TOOLS@/mount
@@ -186,7 +168,7 @@ exit 0
 
 
 def _fill(template: str) -> str:
-    return (template.replace("@TOOLS@", TOOLS_DIR).replace("@ROOT_HASH@", ROOT_HASH)
+    return (fill_common(template).replace("@TOOLS@", TOOLS_DIR).replace("@ROOT_HASH@", ROOT_HASH)
             .replace("@DATA_DEVICE@", DATA_DEVICE).replace("@HASH_OFFSET@", HASH_OFFSET)
             .replace("@WRITABLE_COPIES@", " ".join(WRITABLE_COPIES)))
 
@@ -194,7 +176,7 @@ def _fill(template: str) -> str:
 def verity_scripts() -> list[tuple[str, bytes, int]]:
     """(path in the image, content, mode) of the hook and boot scripts, sorted by path."""
     files = [(HOOK_PATH, _fill(HOOK).encode(), 0o755), (LOCAL_TOP_PATH, _fill(LOCAL_TOP).encode(), 0o755),
-             (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, PANIC.encode(), 0o755)]
+             (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, fill_common(PANIC).encode(), 0o755)]
     return sorted(files)
 
 

@@ -57,7 +57,8 @@ def converted(tmp_path_factory: pytest.TempPathFactory, cloud_image: CloudImage,
     started = time.monotonic()
     proc = convert_cli([str(cloud_image.path), str(output), "--staging-dir", str(staging), "--name", NAME,
                         "--mode", "verity", "--firmware", str(artifacts / "OVMF.amdsev.fd"),
-                        "--package-cache", str(work.parent / "debs"), "--force-tcg", "--json"])
+                        "--report-source", "channel", "--package-cache", str(work.parent / "debs"),
+                        "--force-tcg", "--json"])
     seconds = round(time.monotonic() - started, 1)
     print(proc.stderr[-2500:] + f"\nstage convert_verity: {seconds} s")
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
@@ -176,7 +177,8 @@ def test_boots_read_only_and_a_flipped_block_fails_to_read(converted: Converted,
             vm.remove()
     intact, flipped = texts["intact"], texts["flipped"]
     for name, text in texts.items():
-        wanted = [line for line in text.splitlines() if "verity" in line.lower() or "ssh" in line.lower()]
+        wanted = [line for line in text.splitlines()
+                  if "verity" in line.lower() or "ssh" in line.lower() or "boot-report" in line]
         print(f"--- {name}\n" + "\n".join(wanted)[-3000:])
     print(f"stages (s): {stages}")
     assert "opened as /dev/mapper/root (dm-verity" in intact, intact[-4000:]
