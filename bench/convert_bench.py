@@ -61,7 +61,7 @@ def make_source(stock: Path, work: Path, fill_to_mib: int) -> tuple[Path, int]:
     with appliance([(str(overlay), "qcow2", False)], force_tcg=True) as g:
         root = inspect_image(g).root.device
         g.mount(root, "/")
-        used = int(shell(g, "used", "df -B1 --output=used / | tail -1"))
+        used = int(shell(g, "used", "df -B1 --output=used /sysroot | tail -1"))
         missing = max(0, fill_to_mib * MIB - used)
         chunk = work / "chunk"
         index = 0
@@ -73,7 +73,7 @@ def make_source(stock: Path, work: Path, fill_to_mib: int) -> tuple[Path, int]:
             missing -= size
             index += 1
         chunk.unlink(missing_ok=True)
-        used = int(shell(g, "used", "df -B1 --output=used / | tail -1"))
+        used = int(shell(g, "used", "sync; df -B1 --output=used /sysroot | tail -1"))
         g.umount_all()
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(overlay), str(source)], check=True)
     overlay.unlink()
@@ -89,8 +89,9 @@ def baseline(source: Path, work: Path) -> float:
                    force_tcg=True) as g:
         root = inspect_image(g).root.device
         shell(g, "full copy", "\n".join([
-            "mkfs.ext4 -q /dev/sdb", "mkdir -p /tmp/src /tmp/dst", f"mount -o ro {root} /tmp/src",
-            "mount /dev/sdb /tmp/dst", "cp -a /tmp/src/. /tmp/dst/", "sync", "umount /tmp/src /tmp/dst"]))
+            "mkdir -p /tmp/src /tmp/dst", "udevadm settle", f"mount -o ro {root} /tmp/src",
+            "mkfs.ext4 -q /dev/sdb", "udevadm settle", "mount /dev/sdb /tmp/dst", "cp -a /tmp/src/. /tmp/dst/",
+            "sync", "umount /tmp/src /tmp/dst"]))
     seconds = time.monotonic() - started
     copy.unlink()
     (work / "target.qcow2").unlink()
