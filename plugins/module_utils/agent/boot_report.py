@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 
 from ..attestation.report_sources import GuestReport, get_report, via_channel, via_configfs, via_sev_guest
+from ..common.fileio import atomic_write
 from ..snp.binding import host_key_binding
 from ..snp.errors import SnpError
 
@@ -64,16 +65,6 @@ def fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="snpguard-boot-report", description="a report binding the SSH host key")
     parser.add_argument("--source", choices=["auto", "configfs", "sev-guest", "channel"], default="auto")
@@ -94,10 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"FAILED: no report ({exc.message})")
         return 3
     os.makedirs(args.out, mode=0o755, exist_ok=True)
-    write_atomic(os.path.join(args.out, "boot-report.bin"), answer.report)
+    atomic_write(os.path.join(args.out, "boot-report.bin"), answer.report)
     facts = {"host_key": key, "fingerprint": fingerprint(blob), "report_data": report_data.hex(),
              "source": answer.source}
-    write_atomic(os.path.join(args.out, "boot-report.json"), (json.dumps(facts, indent=1) + "\n").encode())
+    atomic_write(os.path.join(args.out, "boot-report.json"), (json.dumps(facts, indent=1) + "\n").encode())
     say(f"SSH host key {facts['fingerprint']} ({key}) bound into REPORT_DATA; report in "
         f"{args.out}/boot-report.bin ({answer.source})")
     say(f"report {base64.b64encode(answer.report).decode()}")

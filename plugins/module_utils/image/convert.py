@@ -57,7 +57,6 @@ MODES = ("luks", "verity")
 #: What each mode needs in the image beyond a stock cloud image: for luks, cryptsetup for the initrd
 #: and cffi's per-Python backend for the abi3 cryptography the agent brings; for verity, veritysetup.
 PACKAGES = {"luks": ["cryptsetup-bin", "python3-cffi-backend"], "verity": ["cryptsetup-bin"]}
-LUKS_PACKAGES = PACKAGES["luks"]
 MAPPER = "root"
 LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
 VERITY_BLOCK = 4096
@@ -168,6 +167,11 @@ def verity_hash_size(data_bytes: int) -> int:
         blocks = -(-blocks // per_block)
         total += blocks
     return total * VERITY_BLOCK
+
+
+def verity_data_blocks(facts: ImageFacts) -> int:
+    """The verity root's file system in 4 KiB blocks: the stock root partition's size (the tree follows it)."""
+    return facts.root.size // VERITY_BLOCK
 
 
 def disk_growth(options: ConvertOptions, root_size: int) -> int:
@@ -375,7 +379,7 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             fs_device, fs_blocks = "/dev/mapper/snpguard-new", ""
         else:
             luks_uuid = ""
-            fs_device, fs_blocks = dst_root, str(facts.root.size // VERITY_BLOCK)
+            fs_device, fs_blocks = dst_root, str(verity_data_blocks(facts))
         shell(handle, "make the root file system",
               f"mkfs.ext4 -q -b {VERITY_BLOCK} -U {facts.root.uuid} {label}{fs_device} {fs_blocks}")
         sizes = shell(handle, "measure the root file system", "\n".join([
@@ -462,7 +466,7 @@ def _luks_format(handle: Any, options: ConvertOptions, key: bytearray, dst_root:
 
 def _verity_format(handle: Any, facts: ImageFacts, dst_root: str, say: Progress) -> dict[str, Any]:
     """The hash tree appended after the (unmounted, final) file system; its root hash is measured."""
-    data_blocks = facts.root.size // VERITY_BLOCK
+    data_blocks = verity_data_blocks(facts)
     offset = data_blocks * VERITY_BLOCK
     say(f"hashing the root for dm-verity ({offset >> 20} MiB, SHA-256)")
     out = shell(handle, "veritysetup format",
