@@ -10,13 +10,16 @@ attestation gates secrets later).  What the initrd does instead:
   measured kernel command line, waits for the partition and opens it with ``veritysetup
   open`` as /dev/mapper/root: the hash tree is appended to the same partition, after the
   file system.  Any block whose hash does not lead to the measured root hash then fails to
-  read.  A missing or malformed parameter, or a failed open, powers the VM off.
+  read.  Opening does not compare the tree with the root hash, so the script reads the first
+  block at once: a tree that is not the measured one stops the boot there, by name.  A missing
+  or malformed parameter, a failed open or that failed read powers the VM off.
 * ``scripts/init-bottom/snpguard-verity`` makes the running system writable where it must
   be, without touching the root: /var, /home and /root become tmpfs copies of the image's
   (populated here, before systemd starts), /tmp an empty tmpfs, and /etc an overlay whose
   upper layer is tmpfs.  Nothing written at run time survives a reboot.
-* ``hooks/snpguard-verity`` adds veritysetup, coreutils' ``cp`` and util-linux' ``mount``
-  (klibc's do not copy trees or mount overlays) and the dm-verity and overlay modules.
+* ``hooks/snpguard-verity`` adds veritysetup, coreutils' ``cp`` and ``dd`` and util-linux'
+  ``mount`` (klibc's do not copy trees, read past the page cache or mount overlays) and the
+  dm-verity and overlay modules.
 * the agent's panic script (``initramfs_tools.PANIC``) powers off instead of a rescue shell.
 
 In the running system ``snpguard-boot-report.service`` (``boot_report.py`` and the stdlib-only
@@ -76,6 +79,7 @@ VERITYSETUP=$(command -v veritysetup || echo /usr/sbin/veritysetup)
 copy_exec "$VERITYSETUP" /usr/sbin/veritysetup || fail "cannot copy veritysetup"
 copy_exec "$(command -v cp)" @TOOLS@/cp || fail "cannot copy cp"
 copy_exec "$(command -v mount)" @TOOLS@/mount || fail "cannot copy mount"
+copy_exec "$(command -v dd)" @TOOLS@/dd || fail "cannot copy dd"
 for module in dm_mod dm_verity overlay; do
     manual_add_modules "$module" || fail "no kernel module $module"
 done
@@ -124,6 +128,12 @@ done
 [ -b "$device" ] || stop "the root partition PARTUUID=$data did not appear"
 if ! /usr/sbin/veritysetup open --hash-offset="$offset" "$device" root "$device" "$roothash"; then
     stop "veritysetup refused $device with the measured root hash"
+fi
+# Activation does not check the tree against the root hash: the first read does.  Read one block
+# past the page cache, so a root hash that is not this tree's stops the boot here, named.
+if ! @TOOLS@/dd if=/dev/mapper/root of=/dev/null bs=4096 count=1 iflag=direct status=none; then
+    /usr/sbin/veritysetup close root 2>/dev/null
+    stop "the hash tree on $device does not match the measured root hash ${roothash} (first block unreadable)"
 fi
 echo "snpguard-verity: $device opened as /dev/mapper/root (dm-verity, root hash ${roothash})"
 exit 0
