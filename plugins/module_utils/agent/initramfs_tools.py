@@ -90,11 +90,17 @@ snpguard_copy_python() {
     cp -a "$AGENT/." "$DEST$AGENT/"
     "$PY" -I -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$DEST" -p / "$DEST$AGENT" >/dev/null \
         || snpguard_fail "cannot byte-compile the agent"
-    # The agent must import with the initrd's own Python tree (prefix $DEST/usr), not the image's.
-    "$DEST/usr/bin/$PYNAME" -I -S -B -c "import sys; sys.path[:0] = ['$DEST$AGENT']
+    # The agent must import with the initrd's own Python tree and libraries: inside the initrd tree
+    # (chroot, as the initrd generators run in the converter), else with its Python tree (prefix $DEST/usr).
+    check="import sys; sys.path[:0] = ['@ROOT@$AGENT']
 import @IMPORT_CHECK@
 from ansible_collections.snpguard.cvm.plugins.module_utils.keyrelease.protocol import AgentSession
-AgentSession()" || snpguard_fail "the agent does not import in the initrd's layout (a module missing above?)"
+AgentSession()"
+    if [ "$(id -u)" = 0 ] && chroot "$DEST" "/usr/bin/$PYNAME" -I -S -B -c pass 2>/dev/null; then
+        chroot "$DEST" "/usr/bin/$PYNAME" -I -S -B -c "$(echo "$check" | sed 's|@ROOT@||')"
+    else
+        "$DEST/usr/bin/$PYNAME" -I -S -B -c "$(echo "$check" | sed "s|@ROOT@|$DEST|")"
+    fi || snpguard_fail "the agent does not import in the initrd's layout (a module or library missing above?)"
 }
 """
 

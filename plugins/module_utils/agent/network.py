@@ -1,6 +1,6 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""What early-boot networking found: /run/net-*.conf (klibc ipconfig) and the ``ip=`` parameter.
+"""What early-boot networking found: /run/net-*.conf (klibc ipconfig), systemd-networkd's leases, ``ip=``.
 
 initramfs-tools' ``configure_networking`` runs klibc's ``ipconfig``, which writes one
 ``/run/net-<device>.conf`` per configured interface as ``KEY='value'`` lines (a single
@@ -9,6 +9,11 @@ never sources or evaluates anything: this module reads the same lines with a sma
 lexer that knows single quotes, double quotes and backslashes, and refuses (skips,
 naming the line) anything that would need a shell, such as ``$`` or backticks outside
 single quotes.  Standard library only.
+
+In a dracut initrd with systemd-networkd, the DHCP result is in
+``/run/systemd/netif/leases/<ifindex>`` instead (``KEY=value`` lines, no quoting); those are
+read as plain text, the interface named through ``/sys/class/net/*/ifindex``.  Either way the
+result is only shown on the console: the agent's trust rests on the pinned CA, not on them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 
 NET_GLOB = "/run/net-*.conf"
+NETWORKD_LEASES = "/run/systemd/netif/leases"
+SYS_NET = "/sys/class/net"
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_FILE = 1 << 16
 
@@ -137,19 +144,73 @@ def parse_net_conf(text: str, source: str = "") -> tuple[Lease | None, list[str]
                  hostname=values.get("HOSTNAME", ""), source=source, values=values), problems
 
 
-def read_leases(pattern: str = NET_GLOB) -> tuple[list[Lease], list[str]]:
-    """Every /run/net-*.conf, parsed; (leases, problems naming file and line)."""
+def parse_networkd_lease(text: str, device: str, source: str = "") -> tuple[Lease | None, list[str]]:
+    """One systemd-networkd DHCPv4 lease (``ADDRESS=``, ``NETMASK=``, ``ROUTER=``, ``DNS=``...), values as written."""
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not _KEY_RE.match(key):
+            problems.append(f"line {number}: not KEY=value")
+            continue
+        values[key] = value
+    if not values.get("ADDRESS"):
+        return None, [*problems, "no ADDRESS"]
+    return Lease(device=device, proto="dhcp", address=values["ADDRESS"], netmask=values.get("NETMASK", ""),
+                 gateway=values.get("ROUTER", "").split()[0] if values.get("ROUTER") else "",
+                 dns=tuple(values.get("DNS", "").split()), hostname=values.get("HOSTNAME", ""), source=source,
+                 values=values), problems
+
+
+def interface_names(sys_net: str = SYS_NET) -> dict[str, str]:
+    """ifindex → interface name, from sysfs."""
+    names: dict[str, str] = {}
+    try:
+        entries = sorted(os.listdir(sys_net))
+    except OSError:
+        return names
+    for name in entries:
+        try:
+            with open(os.path.join(sys_net, name, "ifindex"), encoding="ascii") as handle:
+                names[handle.read().strip()] = name
+        except OSError:
+            continue
+    return names
+
+
+def _read(path: str, problems: list[str]) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(MAX_FILE)
+    except OSError as exc:
+        problems.append(f"{path}: {exc.strerror}")
+        return None
+
+
+def read_leases(pattern: str = NET_GLOB, networkd: str = NETWORKD_LEASES,
+                sys_net: str = SYS_NET) -> tuple[list[Lease], list[str]]:
+    """Every /run/net-*.conf and networkd lease, parsed; (leases, problems naming file and line)."""
     leases: list[Lease] = []
     problems: list[str] = []
     for path in sorted(glob.glob(pattern)):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                text = handle.read(MAX_FILE)
-        except OSError as exc:
-            problems.append(f"{path}: {exc.strerror}")
+        text = _read(path, problems)
+        if text is None:
             continue
         lease, found = parse_net_conf(text, path)
         problems += [f"{os.path.basename(path)}: {p}" for p in found]
+        if lease is not None:
+            leases.append(lease)
+    names = interface_names(sys_net) if os.path.isdir(networkd) else {}
+    for path in sorted(glob.glob(os.path.join(networkd, "*"))):
+        text = _read(path, problems)
+        if text is None:
+            continue
+        index = os.path.basename(path)
+        lease, found = parse_networkd_lease(text, names.get(index, f"ifindex {index}"), path)
+        problems += [f"networkd lease {index}: {p}" for p in found]
         if lease is not None:
             leases.append(lease)
     return leases, problems
@@ -220,7 +281,7 @@ def _split_colons(value: str) -> list[str]:
 
 def summary(leases: list[Lease], ip_param: str | None) -> str:
     """One console line: what the initrd's network looks like."""
-    words = [lease.describe() for lease in leases] or ["no /run/net-*.conf (no DHCP answer yet?)"]
+    words = [lease.describe() for lease in leases] or ["no DHCP lease found (no answer yet?)"]
     if ip_param is not None:
         words.append(f"ip={ip_param}")
     return "; ".join(words)

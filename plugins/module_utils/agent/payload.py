@@ -12,7 +12,8 @@
   its Rust core imports ``_cffi_backend``, which is per Python version: the hook takes it
   from the image's python3-cffi-backend (the converter installs that package);
 * ``/etc/snpguard/agent.json`` and ``/etc/snpguard/ca.pem``;
-* the initramfs-tools hook, local-top and panic scripts, and the dracut module.
+* the initramfs-tools hook, local-top and panic scripts, and the dracut module (setup script,
+  unit and the script it runs).
 
 Nothing here writes: the caller (the converter, through libguestfs) does.
 """
@@ -186,7 +187,7 @@ def _fill(template: str, config: AgentConfig) -> str:
             .replace("@IMPORT_CHECK@", IMPORT_CHECK)
             .replace("@AGENT_DIR@", AGENT_DIR).replace("@CONFIG@", CONFIG_PATH)
             .replace("@CA@", config.ca_file or CA_PATH).replace("@MAPPER@", config.mapper_name)
-            .replace("@IP@", "ip=dhcp"))
+            .replace("@DEVICE_UNIT@", dracut.device_unit(config.mapper_name)))
 
 
 def agent_files(config: AgentConfig, ca_pem: bytes, crypto_source: str) -> list[PayloadFile]:
@@ -215,6 +216,7 @@ def agent_files(config: AgentConfig, ca_pem: bytes, crypto_source: str) -> list[
                            (f"{dracut.MODULE_DIR}/module-setup.sh", dracut.MODULE_SETUP),
                            (f"{dracut.MODULE_DIR}/snpguard-agent.sh", dracut.HOOK)):
         files.append(PayloadFile(dest, _fill(template, config).encode(), 0o755))
+    files.append(PayloadFile(f"{dracut.MODULE_DIR}/snpguard-agent.service", _fill(dracut.UNIT, config).encode()))
     seen: set[str] = set()
     for item in files:
         if item.dest in seen:

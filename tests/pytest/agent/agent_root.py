@@ -2,12 +2,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """A Debian 13 root to build initrds with the agent in: mmdebstrap, cached by recipe.
 
+Two variants, as the converter meets them: ``initramfs-tools`` (Debian's default) and
+``dracut`` (dracut with dracut-network, systemd in the initrd, no initramfs-tools).
+
 ``~/.cache/snpguard/agent-root/<recipe-id>/`` holds ``root/`` (the tree), ``manifest.json``
 (recipe, package versions, build time); it is rebuilt when the recipe changes.  Tests
 never modify it: ``work_copy`` gives each one a copy to install the agent into and run
 ``mkinitramfs`` in (chroot, as root).
 
-    python3 tests/pytest/agent/agent_root.py      # build (or find) it, print its path
+    python3 tests/pytest/agent/agent_root.py [dracut]     # build (or find) it, print its path
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ SUITE = "trixie"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 PACKAGES = ("linux-image-amd64", "python3", "cryptsetup-bin", "cryptsetup-initramfs", "initramfs-tools", "busybox",
             "zstd", "python3-cffi-backend")
+#: The dracut variant: what the converter installs into a dracut cloud image (dracut-network, its
+#: iputils-arping), on top of the image's own systemd, udev and iproute2.
+VARIANTS = {"initramfs-tools": PACKAGES,
+            "dracut": ("linux-image-amd64", "python3", "cryptsetup-bin", "dracut", "dracut-network", "systemd",
+                       "systemd-sysv", "udev", "iproute2", "zstd", "python3-cffi-backend")}
 DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*")
 REVISION = 1
 
@@ -45,17 +53,22 @@ def mirror() -> str:
     return configured_mirror()
 
 
-def recipe() -> dict:
-    return {"suite": SUITE, "mirror": mirror(), "packages": PACKAGES, "excludes": DPKG_EXCLUDES, "revision": REVISION}
+def recipe(variant: str = "initramfs-tools") -> dict:
+    spec = {"suite": SUITE, "mirror": mirror(), "packages": VARIANTS[variant], "excludes": DPKG_EXCLUDES,
+            "revision": REVISION}
+    if variant != "initramfs-tools":  # (the first variant's recipe id is unchanged)
+        spec["variant"] = variant
+    return spec
 
 
 def recipe_id(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build() -> Path:
+def build(variant: str = "initramfs-tools") -> Path:
     """The cached directory (``root/`` + ``manifest.json``), built once per recipe."""
-    spec = recipe()
+    spec = recipe(variant)
+    packages = spec["packages"]
     target = cache_root() / recipe_id(spec)
     cache_root().mkdir(parents=True, exist_ok=True)
     with open(cache_root() / ".lock", "w") as lock:
@@ -67,12 +80,12 @@ def build() -> Path:
         work.mkdir()
         started = time.monotonic()
         argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--format=directory", "--quiet",
-                f"--include={','.join(PACKAGES)}", *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES],
+                f"--include={','.join(packages)}", *[f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES],
                 SUITE, str(work / "root"), f"deb [signed-by={KEYRING}] {spec['mirror']} {SUITE} main"]
         print(f"agent_root: {' '.join(argv)}", file=sys.stderr, flush=True)
         subprocess.run(argv, check=True)
         versions = subprocess.run(["chroot", str(work / "root"), "dpkg-query", "-W", "-f", "${Package} ${Version}\n",
-                                   *PACKAGES], capture_output=True, text=True, check=True).stdout.splitlines()
+                                   *packages], capture_output=True, text=True, check=True).stdout.splitlines()
         kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (work / "root" / "boot").glob("vmlinuz-*"))
         manifest = {"recipe": spec, "versions": versions, "kernels": kernels,
                     "python": os.readlink(work / "root" / "usr/bin/python3"),
@@ -105,7 +118,7 @@ def work_copy(directory: Path, dest: Path) -> Iterator[Path]:
 
 
 if __name__ == "__main__":
-    print(build())
+    print(build(*sys.argv[1:2]))
 
 
 MARKER_SCRIPT = """#!/bin/sh
@@ -122,6 +135,61 @@ sleep 30
 """
 
 
+#: The same marker in a dracut (systemd) initrd: a unit after /sysroot is mounted, before the root file
+#: systems are declared ready; its script prints what is mounted there and powers off.
+DRACUT_MARKER_SETUP = """#!/bin/bash
+# test only
+check() { return 0; }
+depends() { echo systemd; return 0; }
+install() {
+    inst_script "$moddir/snpguard-test-marker.sh" /usr/lib/snpguard-test/marker.sh
+    inst_simple "$moddir/snpguard-test-marker.service" "$systemdsystemunitdir/snpguard-test-marker.service"
+    $SYSTEMCTL -q --root "$initdir" enable snpguard-test-marker.service
+}
+"""
+DRACUT_MARKER_UNIT = """[Unit]
+Description=snpguard test marker
+DefaultDependencies=no
+After=sysroot.mount
+Requires=sysroot.mount
+Before=initrd-root-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/snpguard-test/marker.sh
+StandardOutput=journal+console
+
+[Install]
+WantedBy=initrd-root-fs.target
+"""
+DRACUT_MARKER_SCRIPT = """#!/bin/sh
+root=
+while read -r dev mnt rest; do [ "$mnt" = /sysroot ] && root=$dev; done < /proc/mounts
+echo "SNPGUARD-TEST: root $root"
+echo "SNPGUARD-TEST: marker $(cat /sysroot/snpguard-marker 2>&1)"
+echo "SNPGUARD-TEST: mapper $(ls /dev/mapper | tr '\\n' ' ')"
+sync
+echo o > /proc/sysrq-trigger
+sleep 30
+"""
+
+
+def install_marker(root: Path, variant: str) -> None:
+    """The test-only marker into the root's initrd generator: it runs once the root is mounted, then stops."""
+    if variant == "dracut":
+        module = root / "usr/lib/dracut/modules.d/99snpguard-test"
+        module.mkdir(parents=True, exist_ok=True)
+        for name, text in (("module-setup.sh", DRACUT_MARKER_SETUP), ("snpguard-test-marker.sh", DRACUT_MARKER_SCRIPT),
+                           ("snpguard-test-marker.service", DRACUT_MARKER_UNIT)):
+            (module / name).write_text(text)
+            (module / name).chmod(0o755)
+        return
+    marker = root / "etc/initramfs-tools/scripts/init-bottom/snpguard-test-marker"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(MARKER_SCRIPT)
+    marker.chmod(0o755)
+
+
 def write_files(root: Path, files: list) -> None:
     """``PayloadFile``s (dest, data, mode) into ``root``."""
     for item in files:
@@ -131,12 +199,27 @@ def write_files(root: Path, files: list) -> None:
         path.chmod(item.mode)
 
 
-def mkinitramfs(root: Path, kernel_version: str, out: Path) -> float:
-    """``mkinitramfs`` in the chroot; the initrd is moved to ``out``; returns the seconds it took."""
+def mkinitramfs(root: Path, kernel_version: str, out: Path, variant: str = "initramfs-tools") -> float:
+    """The root's own initrd generator in the chroot (``mkinitramfs``, or ``dracut --no-hostonly`` as the
+    converter runs it); the initrd is moved to ``out``; returns the seconds it took."""
     started = time.monotonic()
-    result = subprocess.run(["chroot", str(root), "mkinitramfs", "-o", "/tmp/initrd.img", kernel_version],
-                            capture_output=True, text=True, check=False)
+    argv = ["mkinitramfs", "-o", "/tmp/initrd.img", kernel_version]
+    if variant == "dracut":
+        argv = ["dracut", "--quiet", "--force", "--no-hostonly", "/tmp/initrd.img", kernel_version]
+    result = subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"mkinitramfs failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    shutil.move(str(root / "tmp/initrd.img"), out)
+        raise RuntimeError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    shutil.copyfile(root / "tmp/initrd.img", out)
     return time.monotonic() - started
+
+
+def net_driver_bytes(root: Path) -> int:
+    """Bytes of network drivers (drivers/net) in the initrd the last ``mkinitramfs`` call made in ``root``."""
+    listing = subprocess.run(["chroot", str(root), "lsinitrd", "/tmp/initrd.img"], capture_output=True, text=True,
+                             check=True).stdout
+    total = 0
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 9 and "/kernel/drivers/net/" in fields[-1] and fields[4].isdigit():
+            total += int(fields[4])
+    return total

@@ -111,43 +111,57 @@ class AgentInitrd:
     plain_initrd: Path
     kernel_version: str
     seconds: dict[str, float]
+    variant: str = "initramfs-tools"
+
+    @property
+    def image(self) -> str:
+        return f"agent-boot-{self.variant}"
+
+    @property
+    def cmdline(self) -> str:
+        """What the converter measures: dracut images also get rd.luks=0 (no passphrase prompt beside the agent)."""
+        base = f"console=ttyS0 root=/dev/mapper/{MAPPER} ro"
+        return base + (" rd.luks=0" if self.variant == "dracut" else "")
 
 
-@pytest.fixture(scope="module")
-def agent_initrd(tmp_path_factory: pytest.TempPathFactory, guest_server: ServerProcess,
-                 luks_disk: LuksDisk) -> AgentInitrd:
-    """The Debian 13 root's own kernel and an initrd made by its mkinitramfs, with and without the agent."""
+@pytest.fixture(scope="module", params=agent_root.VARIANTS)
+def agent_initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 guest_server: ServerProcess, luks_disk: LuksDisk) -> AgentInitrd:
+    """The Debian 13 root's own kernel and an initrd made by its own generator (mkinitramfs or dracut), with and
+    without the agent."""
     from ansible_collections.snpguard.cvm.plugins.module_utils.agent.config import AgentConfig
     from ansible_collections.snpguard.cvm.plugins.module_utils.agent.payload import agent_files
 
     need_root()
+    variant = request.param
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
-    cached = agent_root.build()
+    cached = agent_root.build(variant)
     t = stage(seconds, "debian_root", t0)
     version = agent_root.manifest(cached)["kernels"][0]
-    out = tmp_path_factory.mktemp("initrd")
+    out = tmp_path_factory.mktemp(f"initrd-{variant}")
     with agent_root.work_copy(cached, out / "root") as root:
         t = stage(seconds, "root_copy", t)
         # What the converter writes: the root's crypttab entry (cryptroot then finds it open), fstab.
         (root / "etc/crypttab").write_text(f"{MAPPER} UUID={luks_disk.uuid} none luks,discard,initramfs\n")
         (root / "etc/fstab").write_text(f"/dev/mapper/{MAPPER} / ext4 defaults 0 1\n")
-        agent_root.mkinitramfs(root, version, out / "initrd-plain.img")
-        t = stage(seconds, "mkinitramfs_plain", t)
-        config = AgentConfig(url=f"https://{GUEST_SERVER[0]}:{GUEST_SERVER[1]}", image="agent-boot",
+        agent_root.mkinitramfs(root, version, out / "initrd-plain.img", variant)
+        t = stage(seconds, f"{variant}_plain", t)
+        config = AgentConfig(url=f"https://{GUEST_SERVER[0]}:{GUEST_SERVER[1]}", image=f"agent-boot-{variant}",
                              luks_device=f"UUID={luks_disk.uuid}", mapper_name=MAPPER, report_source="channel",
                              retries=6, backoff_initial=1.0, backoff_max=8.0, timeout=20.0)
         ca_pem = (guest_server.data_dir / "tls" / "ca.pem").read_bytes()
         files = agent_files(config, ca_pem, crypto_source())
         t = stage(seconds, "agent_files", t)
         agent_root.write_files(root, files)
-        marker = root / "etc/initramfs-tools/scripts/init-bottom/snpguard-test-marker"
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(agent_root.MARKER_SCRIPT)
-        marker.chmod(0o755)
-        agent_root.mkinitramfs(root, version, out / "initrd-agent.img")
-        t = stage(seconds, "mkinitramfs_agent", t)
+        agent_root.install_marker(root, variant)
+        agent_root.mkinitramfs(root, version, out / "initrd-agent.img", variant)
+        t = stage(seconds, f"{variant}_agent", t)
+        # dracut's network support brings every wired NIC driver (kernel-network-modules), which the stock
+        # initramfs-tools initrd already has (MODULES=most): counted apart from the agent's own growth.
+        net_drivers = agent_root.net_driver_bytes(root) if variant == "dracut" else 0
         shutil.copyfile(root / "boot" / f"vmlinuz-{version}", out / "vmlinuz")
     (out / "sizes.json").write_text(json.dumps({"plain": (out / "initrd-plain.img").stat().st_size,
-                                                "agent": (out / "initrd-agent.img").stat().st_size}))
-    return AgentInitrd(out / "vmlinuz", out / "initrd-agent.img", out / "initrd-plain.img", version, seconds)
+                                                "agent": (out / "initrd-agent.img").stat().st_size,
+                                                "net_drivers": net_drivers}))
+    return AgentInitrd(out / "vmlinuz", out / "initrd-agent.img", out / "initrd-plain.img", version, seconds, variant)
