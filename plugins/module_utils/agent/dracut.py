@@ -61,6 +61,7 @@ install() {
         done
     }
     copy_plain() { inst_simple "$1" "$2" || snpguard_fail "cannot copy $1"; }
+    copy_many() { inst_multiple "$@" || snpguard_fail "cannot copy the Python modules"; }
 @COPY_PYTHON@
     snpguard_copy_python
     copy_plain @CONFIG@ @CONFIG@

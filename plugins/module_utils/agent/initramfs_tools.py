@@ -48,7 +48,10 @@ LOCAL_TOP_PATH = "/etc/initramfs-tools/scripts/local-top/snpguard-agent"
 PANIC_PATH = "/etc/initramfs-tools/scripts/panic/snpguard-agent"
 
 #: Shell functions both the initramfs-tools hook and the dracut module use to copy Python.
-#: Needs: AGENT (the agent dir), DEST (the initrd root), copy_bin SRC [DST] and copy_plain SRC DST.
+#: Needs: AGENT (the agent dir), DEST (the initrd root), copy_bin SRC [DST], copy_plain SRC DST and
+#: copy_many FILE... (each to the same path in the initrd, in one process: the converter runs this in an
+#: emulated appliance, where every fork costs; a fork per stdlib file once took two minutes).
+#: The stdlib paths come precomputed (``@STDLIB_PATHS@``: ``email.utils`` as ``email/utils``).
 COPY_PYTHON = r"""
 snpguard_copy_python() {
     PY=$(readlink -f /usr/bin/python3) || snpguard_fail "python3 is not installed in the image"
@@ -59,19 +62,21 @@ snpguard_copy_python() {
     LIB=/usr/lib/$PYNAME
     copy_bin "$PY" "/usr/bin/$PYNAME"
     ln -sf "$PYNAME" "$DEST/usr/bin/python3"
-    for mod in @STDLIB_MODULES@; do
-        rel=$(echo "$mod" | tr . /)
+    files=
+    for rel in @STDLIB_PATHS@; do
         if [ -f "$LIB/$rel/__init__.py" ]; then
             rel=$rel/__init__
         elif [ ! -f "$LIB/$rel.py" ]; then
             continue  # not in this Python (another minor version); the import check below decides
         fi
-        copy_plain "$LIB/$rel.py" "$LIB/$rel.py"
+        files="$files $LIB/$rel.py"
         dir=${rel%/*}; [ "$dir" = "$rel" ] && dir= || dir=/$dir
         base=${rel##*/}
         pyc="$LIB$dir/__pycache__/$base.cpython-$TAG.pyc"
-        [ -f "$pyc" ] && copy_plain "$pyc" "$pyc"
+        [ -f "$pyc" ] && files="$files $pyc"
     done
+    # shellcheck disable=SC2086 # (stdlib paths: no spaces)
+    copy_many $files
     for ext in @STDLIB_EXTENSIONS@; do
         for so in "$LIB"/lib-dynload/"$ext".cpython-"$TAG"-*.so; do
             [ -f "$so" ] && copy_bin "$so" "$so"
@@ -115,6 +120,7 @@ DEST=$DESTDIR
 snpguard_fail() { echo "E: snpguard-agent: $*" >&2; exit 1; }
 copy_bin() { copy_exec "$@" || snpguard_fail "cannot copy $1"; }
 copy_plain() { copy_file file "$1" "$2"; [ -e "$DEST$2" ] || snpguard_fail "cannot copy $1"; }
+copy_many() { cp -a --parents "$@" "$DEST/" || snpguard_fail "cannot copy the Python modules"; }
 @COPY_PYTHON@
 [ -r @CONFIG@ ] || snpguard_fail "@CONFIG@ is missing"
 [ -d "$AGENT" ] || snpguard_fail "$AGENT is missing"

@@ -182,7 +182,7 @@ def crypto_files(crypto_source: str) -> list[tuple[str, bytes, int]]:
 
 def _fill(template: str, config: AgentConfig) -> str:
     text = initramfs_tools.fill_common(template.replace("@COPY_PYTHON@", initramfs_tools.COPY_PYTHON))
-    return (text.replace("@STDLIB_MODULES@", " ".join(STDLIB_MODULES))
+    return (text.replace("@STDLIB_PATHS@", " ".join(m.replace(".", "/") for m in STDLIB_MODULES))
             .replace("@STDLIB_EXTENSIONS@", " ".join(STDLIB_EXTENSIONS))
             .replace("@IMPORT_CHECK@", IMPORT_CHECK)
             .replace("@AGENT_DIR@", AGENT_DIR).replace("@CONFIG@", CONFIG_PATH)

@@ -22,6 +22,12 @@ attestation gates secrets later).  What the initrd does instead:
   dm-verity and overlay modules.
 * the agent's panic script (``initramfs_tools.PANIC``) powers off instead of a rescue shell.
 
+dracut images get the same two scripts as units of a dracut module (``90snpguard-verity``):
+``snpguard-verity-open.service`` before the root device is waited for, and
+``snpguard-verity-layers.service`` (``rootmnt=/sysroot``) after /sysroot is mounted and before
+initrd-parse-etc reads its fstab; both ``FailureAction=poweroff-force``, and the measured
+initrd's ``/etc/cmdline.d`` says ``rd.shell=0 rd.emergency=poweroff``.
+
 In the running system ``snpguard-boot-report.service`` (``boot_report.py`` and the stdlib-only
 modules it imports, under /usr/lib/snpguard/report) asks for a report that binds the SSH host
 key made at this boot, for a runtime attestation to pin.
@@ -89,8 +95,6 @@ exit 0
 LOCAL_TOP = r"""#!/bin/sh
 # snpguard-verity: open the root as dm-verity with the measured root hash (written by snpguard.cvm; do not edit).
 @PREREQS@
-
-. /scripts/functions
 
 @POWER_OFF@
 stop() {
@@ -177,16 +181,106 @@ exit 0
 """
 
 
+#: The same two scripts in dracut's systemd initrd, as units: the open before the root is mounted,
+#: the writable layers after /sysroot is mounted and before the root file systems count as ready.
+DRACUT_DIR = "/usr/lib/dracut/modules.d/90snpguard-verity"
+DRACUT_SCRIPTS = "/usr/lib/snpguard/verity"
+
+DRACUT_SETUP = r"""#!/bin/bash
+# snpguard-verity dracut module (written by snpguard.cvm; do not edit).
+check() {
+    require_binaries veritysetup "$systemdutildir"/systemd || return 1
+    return 0
+}
+
+depends() {
+    echo systemd dm
+    return 0
+}
+
+installkernel() {
+    hostonly='' instmods dm_mod dm_verity overlay
+}
+
+install() {
+    fail() { derror "snpguard-verity: $*"; exit 1; }
+    inst_binary "$(command -v veritysetup)" /usr/sbin/veritysetup || fail "cannot copy veritysetup"
+    inst_binary "$(command -v cp)" @TOOLS@/cp || fail "cannot copy cp"
+    inst_binary "$(command -v mount)" @TOOLS@/mount || fail "cannot copy mount"
+    inst_binary "$(command -v dd)" @TOOLS@/dd || fail "cannot copy dd"
+    inst_multiple cat sleep modprobe sync || fail "cannot copy cat, sleep, modprobe or sync"
+    inst_script "$moddir/open.sh" @DRACUT_SCRIPTS@/open.sh || fail "cannot copy open.sh"
+    inst_script "$moddir/layers.sh" @DRACUT_SCRIPTS@/layers.sh || fail "cannot copy layers.sh"
+    for unit in snpguard-verity-open.service snpguard-verity-layers.service; do
+        inst_simple "$moddir/$unit" "$systemdsystemunitdir/$unit" || fail "cannot copy $unit"
+        $SYSTEMCTL -q --root "$initdir" enable "$unit" || fail "cannot enable $unit"
+    done
+    mkdir -p "$initdir$systemdsystemunitdir/dev-mapper-root.device.d"
+    printf '[Unit]\nJobRunningTimeoutSec=infinity\n' > "$initdir$systemdsystemunitdir/dev-mapper-root.device.d/snpguard.conf"
+    mkdir -p "$initdir/etc/cmdline.d"
+    echo "rd.shell=0 rd.emergency=poweroff" > "$initdir/etc/cmdline.d/90snpguard-verity.conf"
+}
+"""
+
+DRACUT_OPEN_UNIT = """[Unit]
+# snpguard-verity (written by snpguard.cvm; do not edit)
+Description=snpguard: open the root as dm-verity with the measured root hash
+DefaultDependencies=no
+ConditionPathExists=/etc/initrd-release
+After=systemd-udevd.service systemd-udev-trigger.service systemd-modules-load.service
+Before=initrd-root-device.target sysroot.mount
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=@DRACUT_SCRIPTS@/open.sh
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=infinity
+
+[Install]
+WantedBy=initrd.target
+"""
+
+DRACUT_LAYERS_UNIT = """[Unit]
+# snpguard-verity (written by snpguard.cvm; do not edit)
+Description=snpguard: writable /var /home /root /tmp and /etc over the read-only root
+DefaultDependencies=no
+ConditionPathExists=/etc/initrd-release
+Requires=sysroot.mount
+After=sysroot.mount
+Before=initrd-root-fs.target initrd-parse-etc.service
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=rootmnt=/sysroot
+ExecStart=@DRACUT_SCRIPTS@/layers.sh
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=initrd-root-fs.target
+"""
+
+
 def _fill(template: str) -> str:
     return (fill_common(template).replace("@TOOLS@", TOOLS_DIR).replace("@ROOT_HASH@", ROOT_HASH)
             .replace("@DATA_DEVICE@", DATA_DEVICE).replace("@HASH_OFFSET@", HASH_OFFSET)
-            .replace("@WRITABLE_COPIES@", " ".join(WRITABLE_COPIES)))
+            .replace("@WRITABLE_COPIES@", " ".join(WRITABLE_COPIES)).replace("@DRACUT_SCRIPTS@", DRACUT_SCRIPTS))
 
 
 def verity_scripts() -> list[tuple[str, bytes, int]]:
     """(path in the image, content, mode) of the hook and boot scripts, sorted by path."""
     files = [(HOOK_PATH, _fill(HOOK).encode(), 0o755), (LOCAL_TOP_PATH, _fill(LOCAL_TOP).encode(), 0o755),
-             (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, fill_common(PANIC).encode(), 0o755)]
+             (INIT_BOTTOM_PATH, _fill(INIT_BOTTOM).encode(), 0o755), (PANIC_PATH, fill_common(PANIC).encode(), 0o755),
+             (f"{DRACUT_DIR}/module-setup.sh", _fill(DRACUT_SETUP).encode(), 0o755),
+             (f"{DRACUT_DIR}/open.sh", _fill(LOCAL_TOP).encode(), 0o755),
+             (f"{DRACUT_DIR}/layers.sh", _fill(INIT_BOTTOM).encode(), 0o755),
+             (f"{DRACUT_DIR}/snpguard-verity-open.service", _fill(DRACUT_OPEN_UNIT).encode(), 0o644),
+             (f"{DRACUT_DIR}/snpguard-verity-layers.service", _fill(DRACUT_LAYERS_UNIT).encode(), 0o644)]
     return sorted(files)
 
 

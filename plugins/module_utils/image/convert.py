@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Convert a stock cloud image into a confidential one (``mode: luks`` or ``mode: verity``).
 
-Input: a stock qcow2 (Debian or Ubuntu, GPT, ext4 root as its last partition).  Output:
+Input: a stock qcow2 (Debian or Ubuntu, GPT, ext4 root as its last partition, its initrd made by
+initramfs-tools or by dracut with systemd).  Output:
 a new qcow2 whose root partition is a LUKS2 container (argon2id keyslot, a fresh random
 key) holding a copy of the root file system, with the key-release agent, its config and
 the server's CA installed and the initrd regenerated inside the image; and a staging
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,6 +59,9 @@ MODES = ("luks", "verity")
 #: What each mode needs in the image beyond a stock cloud image: for luks, cryptsetup for the initrd
 #: and cffi's per-Python backend for the abi3 cryptography the agent brings; for verity, veritysetup.
 PACKAGES = {"luks": ["cryptsetup-bin", "python3-cffi-backend"], "verity": ["cryptsetup-bin"]}
+#: ...and, in a dracut image, dracut's network modules for the agent (systemd-networkd in the initrd).
+DRACUT_PACKAGES = {"luks": ["dracut-network"], "verity": []}
+GENERATORS = ("initramfs-tools", "dracut")
 MAPPER = "root"
 LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
 VERITY_BLOCK = 4096
@@ -146,11 +151,23 @@ def sha_file(path: str, kind: Any = hashlib.sha256) -> str:
     return digest.hexdigest()
 
 
+def packages_for(facts: ImageFacts, mode: str) -> list[str]:
+    """What the conversion installs into this image for ``mode`` (those already there are skipped later)."""
+    return PACKAGES[mode] + (DRACUT_PACKAGES[mode] if facts.init_system == "dracut" else [])
+
+
 def measured_cmdline(facts: ImageFacts, options: ConvertOptions, verity: list[str] | None = None) -> str:
     """root on the opened mapper, the image's own arguments, networking for the agent (luks) or the
-    verity parameters (``verity``: root hash, data partition, hash offset), the extras."""
+    verity parameters (``verity``: root hash, data partition, hash offset), the extras.
+
+    initramfs-tools brings the network up for ``ip=`` (DHCP here); dracut's initrd carries
+    ``rd.neednet=1`` in its own measured /etc/cmdline.d and gets ``rd.luks=0``, so that its
+    systemd-cryptsetup never asks for a passphrase beside the agent.
+    """
     args = [f"root=/dev/mapper/{MAPPER}", "ro", *facts.cmdline]
-    if options.mode == "luks" and not any(a.startswith("ip=") for a in args):
+    if options.mode == "luks" and facts.init_system == "dracut":
+        args.append("rd.luks=0")
+    elif options.mode == "luks" and not any(a.startswith("ip=") for a in args):
         args.append("ip=dhcp")
     if options.mode == "verity":
         args += verity if verity is not None else ["snpguard.verity.roothash=<computed>", "..."]
@@ -259,9 +276,12 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
         status = call("read the dpkg status", handle.read_file, "/var/lib/dpkg/status").decode("utf-8", "replace")
         call("unmount", handle.umount_all)
     kernel = select_kernel(facts, options.kernel, options.mode)
-    if facts.init_system != "initramfs-tools":
-        raise SnpError(f"the image builds its initrd with {facts.init_system}; this converter regenerates "
-                       "initramfs-tools initrds only so far", field="image.initrd_generator")
+    if facts.init_system not in GENERATORS:
+        raise SnpError(f"the image builds its initrd with {facts.init_system}; supported: {', '.join(GENERATORS)}",
+                       field="image.initrd_generator")
+    if facts.init_system == "dracut" and not facts.systemd:
+        raise SnpError("a dracut image without systemd: the agent and the verity scripts run as units of "
+                       "dracut's systemd initrd", field="image.initrd_generator")
     if max(facts.partitions, key=lambda p: p.start) is not facts.root:
         raise SnpError("the root partition must be the last one on the disk (it grows by the LUKS header)",
                        field="image.root")
@@ -284,8 +304,9 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
         return result
     cache = options.package_cache or os.path.join(os.path.dirname(os.path.abspath(options.output)),
                                                   ".snpguard-debs")
-    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(PACKAGES[options.mode])}")
-    debs = fetch_debs(PACKAGES[options.mode], codename=facts.codename, status=status, work=cache, run=run,
+    wanted = packages_for(facts, options.mode)
+    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(wanted)}")
+    debs = fetch_debs(wanted, codename=facts.codename, status=status, work=cache, run=run,
                       mirror=options.package_mirror)
     result.packages = [os.path.basename(d) for d in debs]
     staging_tmp = stg.new_dir_beside(options.staging_dir)
@@ -358,15 +379,13 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         # whole 4 KiB sectors: the LUKS2 data segment and dm-verity use 4096-byte blocks.
         last_usable = (facts.disk_size + disk_growth(options, facts.root.size)) // 512 - 34
         end = start + (last_usable - start + 1) // 8 * 8 - 1
-        shell(handle, "partition the new image", "\n".join([
-            "sgdisk --backup=/tmp/gpt /dev/sda >/dev/null",
-            "sgdisk --load-backup=/tmp/gpt /dev/sdb >/dev/null",
-            "sgdisk -e /dev/sdb >/dev/null",
-            f"sgdisk -d {root_number} -n {root_number}:{start}:{end} -t {root_number}:{facts.root.gpt_type} "
-            f"-u {root_number}:{facts.root.gpt_guid} -c {root_number}:{_sgdisk_name(facts.root.name)} "
-            "/dev/sdb >/dev/null",
-            "partprobe /dev/sdb 2>/dev/null || blockdev --rereadpt /dev/sdb",
-            "udevadm settle"]))
+        # One write of the whole table (sfdisk), not a series of edits: udev probes the disk after each
+        # write, and a probe between two edits once read a half-written table ("CRC mismatch").
+        dump = shell(handle, "read the stock partition table", "sfdisk --dump /dev/sda")
+        table = gpt_script(dump, root_number, start, end)
+        shell(handle, "partition the new image", f"cat > /tmp/gpt.sfdisk <<'SNPGUARD_GPT'\n{table}SNPGUARD_GPT\n"
+              "udevadm settle\nsfdisk -q /dev/sdb < /tmp/gpt.sfdisk\nudevadm settle\n"
+              f"test -b {dst_root}")
         for part in facts.partitions:
             if part is facts.root:
                 continue
@@ -433,11 +452,11 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         else:
             fstab = _verity_fstab(call("read /etc/fstab", handle.read_file, "/etc/fstab").decode())
             call("write /etc/fstab", handle.write, "/etc/fstab", fstab.encode())
-        say(f"regenerating the initrd of {kernel.version} (inside the image)")
-        call("update-initramfs", handle.command, ["update-initramfs", "-u", "-k", kernel.version])
+        say(f"regenerating the initrd of {kernel.version} with {facts.init_system} (inside the image)")
+        initrd = kernel.initrd or f"/boot/initrd.img-{kernel.version}"
+        call(facts.init_system, handle.command, initrd_command(facts, options.mode, kernel.version, initrd))
         call("download the kernel", handle.download, kernel.vmlinuz, os.path.join(staging_tmp, stg.KERNEL))
-        call("download the initrd", handle.download, f"/boot/initrd.img-{kernel.version}",
-             os.path.join(staging_tmp, stg.INITRD))
+        call("download the initrd", handle.download, initrd, os.path.join(staging_tmp, stg.INITRD))
         call("unmount", handle.umount_all)
         if options.mode == "verity":
             return _verity_format(handle, facts, dst_root, say)
@@ -446,6 +465,19 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
             "pbkdf_memory_kib": options.pbkdf_memory_kib, "pbkdf_iterations": options.pbkdf_iterations,
             "cipher": "aes-xts-plain64", "key_size": 512, "sector_size": 4096, "integrity": options.integrity,
             "mapper": MAPPER}
+
+
+def initrd_command(facts: ImageFacts, mode: str, version: str, initrd: str) -> list[str]:
+    """The image's own initrd generator, run inside it.
+
+    dracut runs ``--no-hostonly`` (in the appliance, host-only would describe the appliance's hardware, not
+    the VM's) and ``--add``s our module by name, so a module whose check fails stops the build instead of
+    silently leaving the agent out.
+    """
+    if facts.init_system == "dracut":
+        module = "snpguard-agent" if mode == "luks" else "snpguard-verity"
+        return ["dracut", "--force", "--no-hostonly", "--add", module, initrd, version]
+    return ["update-initramfs", "-u", "-k", version]
 
 
 def _luks_format(handle: Any, options: ConvertOptions, key: bytearray, dst_root: str, say: Progress) -> str:
@@ -507,9 +539,36 @@ def _crypttab(handle: Any, luks_uuid: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gpt_script(dump: str, root_number: int, start: int, end: int) -> str:
+    """``sfdisk --dump`` of the stock disk as the new disk's table: every partition as it was (type, GUID,
+    name, attributes), the root ``root_number`` from ``start`` to ``end`` (sectors, inclusive), the disk's
+    own GUID kept and its last LBA left to sfdisk (the new disk is larger)."""
+    header: list[str] = []
+    parts: list[str] = []
+    seen_root = False
+    for line in dump.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        device, sep, spec = line.partition(" : ")
+        if sep:
+            number = int(re.sub(r"^.*?(\d+)$", r"\1", device))
+            if number == root_number:
+                seen_root = True
+                given = re.match(r"start=\s*(\d+),\s*size=\s*\d+", spec)
+                if given is None or int(given.group(1)) != start:
+                    raise SnpError(f"the stock table does not put partition {root_number} at sector {start}",
+                                   field="image.root")
+                spec = re.sub(r"size=\s*\d+", f"size={end - start + 1}", spec, count=1)
+            parts.append(f"/dev/sdb{number} : {spec}")
+        elif not line.startswith(("device:", "last-lba:")):
+            header.append(line)
+    if not any(line == "label: gpt" for line in header):
+        raise SnpError("the stock disk's partition table is not GPT", field="image.partition_table")
+    if not seen_root:
+        raise SnpError(f"partition {root_number} is not in the stock partition table", field="image.root")
+    return "\n".join(header) + "\n\n" + "\n".join(parts) + "\n"
+
+
 def _shell_word(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _sgdisk_name(name: str) -> str:
-    return _shell_word(name or "root")

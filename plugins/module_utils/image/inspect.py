@@ -65,12 +65,13 @@ class ImageFacts:
     cmdline: list[str]  # the stock kernel arguments (GRUB_CMDLINE_LINUX and _DEFAULT), root= removed
     init_system: str  # initramfs-tools or dracut
     fstab: str
+    systemd: bool = True  # /usr/lib/systemd/systemd exists (dracut then builds a systemd initrd)
 
     def to_json(self) -> dict[str, Any]:
         return {"distro": self.distro, "release": self.release, "codename": self.codename, "arch": self.arch,
                 "root": {"device": self.root.device, "fs_type": self.root.fs_type, "uuid": self.root.uuid},
                 "kernels": [k.version for k in self.kernels], "cmdline": " ".join(self.cmdline),
-                "initrd_generator": self.init_system}
+                "initrd_generator": self.init_system, "systemd": self.systemd}
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -203,6 +204,7 @@ def inspect_image(handle: Any) -> ImageFacts:
             grub += [_read_text(handle, f"/etc/default/grub.d/{n}") or ""
                      for n in sorted(handle.ls("/etc/default/grub.d")) if n.endswith(".cfg")]
         dracut = handle.is_dir("/usr/lib/dracut") and not handle.is_file("/usr/sbin/mkinitramfs")
+        systemd = handle.is_file("/usr/lib/systemd/systemd") or handle.is_file("/lib/systemd/systemd")
         fstab = _read_text(handle, "/etc/fstab") or ""
         arch = call("architecture", handle.inspect_get_arch, root_device)
     finally:
@@ -212,7 +214,7 @@ def inspect_image(handle: Any) -> ImageFacts:
     return ImageFacts(distro=distro, release=release.get("VERSION_ID", ""),
                       codename=release.get("VERSION_CODENAME", ""), arch=arch, root=root, partitions=parts,
                       disk_size=size, kernels=kernels, cmdline=parse_default_grub(grub),
-                      init_system="dracut" if dracut else "initramfs-tools", fstab=fstab)
+                      init_system="dracut" if dracut else "initramfs-tools", fstab=fstab, systemd=systemd)
 
 
 def select_kernel(facts: ImageFacts, wanted: str | None, mode: str) -> Kernel:

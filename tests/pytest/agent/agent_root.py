@@ -150,12 +150,13 @@ install() {
 DRACUT_MARKER_UNIT = """[Unit]
 Description=snpguard test marker
 DefaultDependencies=no
-After=sysroot.mount
+After=sysroot.mount snpguard-verity-layers.service
 Requires=sysroot.mount
 Before=initrd-root-fs.target
 
 [Service]
 Type=oneshot
+Environment=rootmnt=/sysroot
 ExecStart=/usr/lib/snpguard-test/marker.sh
 StandardOutput=journal+console
 
@@ -174,19 +175,21 @@ sleep 30
 """
 
 
-def install_marker(root: Path, variant: str) -> None:
-    """The test-only marker into the root's initrd generator: it runs once the root is mounted, then stops."""
+def install_marker(root: Path, variant: str, script: str | None = None) -> None:
+    """The test-only marker into the root's initrd generator: it runs once the root is mounted (``$rootmnt``),
+    then stops.  ``script`` replaces the default marker (it runs as an init-bottom script or a unit)."""
     if variant == "dracut":
         module = root / "usr/lib/dracut/modules.d/99snpguard-test"
         module.mkdir(parents=True, exist_ok=True)
-        for name, text in (("module-setup.sh", DRACUT_MARKER_SETUP), ("snpguard-test-marker.sh", DRACUT_MARKER_SCRIPT),
+        for name, text in (("module-setup.sh", DRACUT_MARKER_SETUP),
+                           ("snpguard-test-marker.sh", script or DRACUT_MARKER_SCRIPT),
                            ("snpguard-test-marker.service", DRACUT_MARKER_UNIT)):
             (module / name).write_text(text)
             (module / name).chmod(0o755)
         return
     marker = root / "etc/initramfs-tools/scripts/init-bottom/snpguard-test-marker"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(MARKER_SCRIPT)
+    marker.write_text(script or MARKER_SCRIPT)
     marker.chmod(0o755)
 
 

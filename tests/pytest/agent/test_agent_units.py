@@ -26,6 +26,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.agent.config import (
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.network import (
     parse_ip_param,
     parse_net_conf,
+    parse_networkd_lease,
     read_leases,
     shell_word,
 )
@@ -141,6 +142,36 @@ def test_a_real_ipconfig_file() -> None:
     assert (lease.device, lease.address, lease.prefix, lease.proto, lease.dns) == ("enp0s3", "10.0.2.15", 24,
                                                                                    "dhcp", ())
     assert lease.describe() == "enp0s3 10.0.2.15/24 (dhcp)"
+
+
+#: A lease as systemd-networkd 257 writes it in the dracut initrd (/run/systemd/netif/leases/2).
+NETWORKD_LEASE = """# This is private data. Do not parse.
+ADDRESS=10.0.2.15
+NETMASK=255.255.255.0
+ROUTER=10.0.2.2
+SERVER_ADDRESS=10.0.2.2
+NEXT_SERVER=10.0.2.2
+BROADCAST=10.0.2.255
+T1=43200
+T2=75600
+LIFETIME=86400
+DNS=10.0.2.3
+CLIENTID=ff3b6d3c2a000201000110fba6a9525400123456
+"""
+
+
+def test_a_networkd_lease_in_a_dracut_initrd(tmp_path: Path) -> None:
+    lease, problems = parse_networkd_lease(NETWORKD_LEASE, "enp0s3")
+    assert problems == [] and lease is not None
+    assert lease.describe() == "enp0s3 10.0.2.15/24 via 10.0.2.2 (dhcp)" and lease.dns == ("10.0.2.3",)
+    (tmp_path / "leases").mkdir()
+    (tmp_path / "leases" / "2").write_text(NETWORKD_LEASE)
+    (tmp_path / "leases" / "3").write_text("DNS=1.1.1.1\nno equals sign\n")
+    (tmp_path / "net" / "enp0s3").mkdir(parents=True)
+    (tmp_path / "net" / "enp0s3" / "ifindex").write_text("2\n")
+    leases, problems = read_leases(str(tmp_path / "none-*.conf"), str(tmp_path / "leases"), str(tmp_path / "net"))
+    assert [lease.device for lease in leases] == ["enp0s3"]
+    assert problems == ["networkd lease 3: line 2: not KEY=value", "networkd lease 3: no ADDRESS"]
 
 
 def test_nothing_is_ever_evaluated(tmp_path: Path) -> None:

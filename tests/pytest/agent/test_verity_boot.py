@@ -36,7 +36,6 @@ from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import (
     DATA_DEVICE,
     HASH_OFFSET,
-    INIT_BOTTOM_PATH,
     ROOT_HASH,
     verity_cmdline,
     verity_scripts,
@@ -122,16 +121,20 @@ class VerityInitrd:
     kernel: Path
     initrd: Path
     seconds: dict[str, float]
+    variant: str
 
 
-@pytest.fixture(scope="module")
-def verity_initrd(tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
+@pytest.fixture(scope="module", params=agent_root.VARIANTS)
+def verity_initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
+    """Debian 13's kernel and an initrd made by the root's own generator (mkinitramfs or dracut) with the
+    verity scripts as the converter installs them."""
     need_root()
+    variant = request.param
     seconds: dict[str, float] = {}
     t = time.monotonic()
-    cached = agent_root.build()
+    cached = agent_root.build(variant)
     version = agent_root.manifest(cached)["kernels"][0]
-    out = tmp_path_factory.mktemp("verity-initrd")
+    out = tmp_path_factory.mktemp(f"verity-initrd-{variant}")
     with agent_root.work_copy(cached, out / "root") as root:
         t = stage(seconds, "root_copy", t)
         for dest, data, mode in verity_scripts():
@@ -139,14 +142,12 @@ def verity_initrd(tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             path.chmod(mode)
-        marker = root / Path(INIT_BOTTOM_PATH).parent.relative_to("/") / "snpguard-test-marker"
-        marker.write_text(MARKER_SCRIPT)
-        marker.chmod(0o755)
+        agent_root.install_marker(root, variant, MARKER_SCRIPT)
         (root / "etc/fstab").write_text("/dev/mapper/root / ext4 ro 0 0\n")
-        agent_root.mkinitramfs(root, version, out / "initrd.img")
-        t = stage(seconds, "mkinitramfs_verity", t)
+        agent_root.mkinitramfs(root, version, out / "initrd.img", variant)
+        t = stage(seconds, f"{variant}_verity", t)
         shutil.copyfile(root / "boot" / f"vmlinuz-{version}", out / "vmlinuz")
-    return VerityInitrd(out / "vmlinuz", out / "initrd.img", seconds)
+    return VerityInitrd(out / "vmlinuz", out / "initrd.img", seconds, variant)
 
 
 def boot(tmp_path: Path, name: str, firmware: Path, sim_dir: Path, initrd: VerityInitrd, disk: VerityDisk,

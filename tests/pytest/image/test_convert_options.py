@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import verity_cmdline
-from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import measured_cmdline, verity_hash_size
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import (
+    gpt_script,
+    initrd_command,
+    measured_cmdline,
+    packages_for,
+    verity_hash_size,
+)
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.cvm_image import options_from
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.inspect import (
     ImageFacts,
@@ -189,3 +197,69 @@ def test_verity_hash_size_is_what_veritysetup_appends(tmp_path: Path, blocks: in
                     f"--data-blocks={blocks}", f"--hash-offset={blocks * 4096}", str(data), str(data)],
                    check=True, capture_output=True)
     assert data.stat().st_size - blocks * 4096 == verity_hash_size(blocks * 4096)
+
+
+def test_dracut_images_get_their_network_from_the_initrd_and_no_passphrase_prompt(params: dict) -> None:
+    options = options_from(params)
+    facts = replace(_facts(), init_system="dracut")
+    assert measured_cmdline(facts, options) == "root=/dev/mapper/root ro console=ttyS0 rd.luks=0"
+    assert packages_for(facts, "luks") == ["cryptsetup-bin", "python3-cffi-backend", "dracut-network"]
+    assert packages_for(facts, "verity") == ["cryptsetup-bin"]
+    assert packages_for(_facts(), "luks") == ["cryptsetup-bin", "python3-cffi-backend"]
+    assert initrd_command(facts, "luks", "6.12", "/boot/initrd.img-6.12") == [
+        "dracut", "--force", "--no-hostonly", "--add", "snpguard-agent", "/boot/initrd.img-6.12", "6.12"]
+    assert initrd_command(facts, "verity", "6.12", "/boot/initrd.img-6.12")[4] == "snpguard-verity"
+    assert initrd_command(_facts(), "luks", "6.12", "/boot/initrd.img-6.12") == [
+        "update-initramfs", "-u", "-k", "6.12"]
+
+
+STOCK_TABLE = """label: gpt
+label-id: 1B2C3D4E-0000-4000-8000-000000000001
+device: /dev/sda
+unit: sectors
+first-lba: 34
+last-lba: 6291422
+sector-size: 512
+
+/dev/sda1 : start=      262144, size=     6029279, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid=AAAA0000-0000-4000-8000-000000000001
+/dev/sda14 : start=        2048, size=        6144, type=21686148-6449-6E6F-744E-656564454649, uuid=AAAA0000-0000-4000-8000-000000000014
+/dev/sda15 : start=        8192, size=      253952, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=AAAA0000-0000-4000-8000-000000000015, name="EFI, system", attrs="LegacyBIOSBootable"
+"""  # noqa: E501
+
+
+def test_the_new_partition_table_is_the_stock_one_with_a_larger_root() -> None:
+    table = gpt_script(STOCK_TABLE, 1, 262144, 6422527)
+    lines = table.splitlines()
+    assert "label-id: 1B2C3D4E-0000-4000-8000-000000000001" in lines  # the disk GUID is kept
+    assert not any(line.startswith(("device:", "last-lba:")) for line in lines)  # sfdisk sizes the new disk
+    assert ("/dev/sdb1 : start=      262144, size=6160384, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, "
+            "uuid=AAAA0000-0000-4000-8000-000000000001") in lines
+    assert ('/dev/sdb15 : start=        8192, size=      253952, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, '
+            'uuid=AAAA0000-0000-4000-8000-000000000015, name="EFI, system", attrs="LegacyBIOSBootable"') in lines
+
+
+def test_the_new_partition_table_is_written_by_sfdisk_as_given(tmp_path: Path) -> None:
+    """sfdisk itself (no device needed for a file) reads our script back to the same partitions."""
+    if shutil.which("sfdisk") is None:
+        pytest.skip("sfdisk is not installed")
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as handle:
+        handle.truncate(6422528 * 512 + (1 << 20))
+    script = gpt_script(STOCK_TABLE, 1, 262144, 6422527).replace("/dev/sdb", str(disk))
+    subprocess.run(["sfdisk", "-q", str(disk)], input=script, text=True, check=True, capture_output=True)
+    dump = subprocess.run(["sfdisk", "--dump", str(disk)], capture_output=True, text=True, check=True).stdout
+    assert "label-id: 1B2C3D4E-0000-4000-8000-000000000001" in dump
+    assert re.search(r"1 : start=\s*262144, size=\s*6160384, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", dump), dump
+    assert 'name="EFI, system"' in dump and "LegacyBIOSBootable" in dump
+
+
+@pytest.mark.parametrize(("table", "root", "start", "field"), [
+    (STOCK_TABLE.replace("label: gpt", "label: dos"), 1, 262144, "image.partition_table"),
+    (STOCK_TABLE, 2, 262144, "image.root"),
+    (STOCK_TABLE, 1, 4096, "image.root"),
+])
+def test_a_stock_table_that_is_not_what_inspection_saw_is_refused(table: str, root: int, start: int,
+                                                                  field: str) -> None:
+    with pytest.raises(SnpError) as info:
+        gpt_script(table, root, start, start + 100)
+    assert info.value.field == field
