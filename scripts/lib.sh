@@ -13,10 +13,12 @@ BASE_PYTHON=/usr/bin/python3
 # Debian packages for the venv, git, and unpacking .debs (apt, dpkg-deb, gpgv).
 # shellcheck disable=SC2034  # used by the scripts that source this file
 # Image conversion: libguestfs (its Python binding, and a host kernel for its appliance),
-# cryptsetup and the file-system tools the appliance copies from the host.
+# cryptsetup and the file-system tools the appliance copies from the host. The main job: mmdebstrap
+# (the sample's stock Debian 13 image), openssh-client (the controller's key for the VMs); dosfstools
+# and mtools also make the VMs' cloud-init seeds.
 SETUP_DEBS=(python3 python3-venv python3-pip git ca-certificates debian-archive-keyring gpgv
   dpkg-dev xz-utils zstd libguestfs-tools python3-guestfs linux-image-amd64 cryptsetup-bin
-  dosfstools gdisk e2fsprogs mtools qemu-utils)
+  dosfstools gdisk e2fsprogs mtools qemu-utils mmdebstrap openssh-client)
 
 if [ -t 1 ]; then
   log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -110,4 +112,13 @@ install_collection() {
 fetch_artifacts() {
   log "scripts/fetch-artifacts"
   bash "$SNPGUARD_ROOT/scripts/fetch-artifacts"
+}
+
+# sample_image [DIR]: the sample's stock Debian 13 cloud image (scripts/cloud_image.py, cached in
+# ~/.cache/snpguard/cloud-images), linked where the sample inventory expects it (default build/sample).
+sample_image() {
+  local dir=${1:-$SNPGUARD_ROOT/build/sample} image
+  image=$("$VENV/bin/python" "$SNPGUARD_ROOT/scripts/cloud_image.py" build --variant initramfs-tools) || return 1
+  mkdir -p "$dir" && ln -sfn "$image" "$dir/debian-13-stock.qcow2" || return 1
+  echo "sample stock image: $dir/debian-13-stock.qcow2 -> $image"
 }

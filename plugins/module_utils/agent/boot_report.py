@@ -93,3 +93,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.out}/boot-report.bin ({answer.source})")
     say(f"report {base64.b64encode(answer.report).decode()}")
     return 0
+
+
+# -- reading it back -------------------------------------------------------------------------------------
+
+
+class ConsoleReport:
+    """The last boot report a VM printed: its host key line, fingerprint and report (as printed)."""
+
+    def __init__(self, host_key: str, fingerprint: str, report: bytes) -> None:
+        self.host_key = host_key  # "ssh-ed25519 AAAA..."
+        self.fingerprint = fingerprint
+        self.report = report
+
+    @property
+    def key_blob(self) -> bytes:
+        return base64.b64decode(self.host_key.split()[1], validate=True)
+
+    def report_data(self) -> bytes:
+        """What REPORT_DATA must be for this key: recomputed here, never taken from the guest's word."""
+        return host_key_binding(self.key_blob)
+
+
+def parse_console(text: str) -> ConsoleReport | None:
+    """The last complete boot report in a serial log (lines may carry systemd's or the kernel's prefix).
+
+    A key line without a report line after it (a boot still in progress, or a failed report) does not count;
+    the fingerprint printed must be the key's own.
+    """
+    found: ConsoleReport | None = None
+    key: tuple[str, str] | None = None
+    for line in text.splitlines():
+        at = line.find(PREFIX)
+        if at < 0:
+            continue
+        message = line[at + len(PREFIX):].strip()
+        if message.startswith("SSH host key "):
+            words = message.split()
+            try:
+                open_paren = message.index("(")
+                close_paren = message.index(")", open_paren)
+            except ValueError:
+                key = None
+                continue
+            host_key = message[open_paren + 1:close_paren].strip()
+            key = (host_key, words[3]) if len(words) > 3 and len(host_key.split()) == 2 else None
+        elif message.startswith("report ") and key is not None:
+            try:
+                report = base64.b64decode(message.split()[1], validate=True)
+                blob = base64.b64decode(key[0].split()[1], validate=True)
+            except (IndexError, ValueError, binascii.Error):
+                key = None
+                continue
+            if fingerprint(blob) == key[1]:
+                found = ConsoleReport(key[0], key[1], report)
+            key = None
+    return found

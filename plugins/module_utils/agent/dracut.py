@@ -53,20 +53,16 @@ install() {
     AGENT=@AGENT_DIR@
     DEST=$initdir
     snpguard_fail() { derror "snpguard-agent: $*"; exit 1; }
-    # dracut-install resolves the libraries of executables only: Python's extension modules are 0644.
-    copy_bin() {
-        if [ -n "${2-}" ]; then inst_binary "$1" "$2"; else inst_binary "$1"; fi || snpguard_fail "cannot copy $1"
-        ldd "$1" 2>/dev/null | while read -r _name _arrow lib _rest; do
-            case "$lib" in /*) inst "$lib" || snpguard_fail "cannot copy $lib (for $1)" ;; esac
-        done
-    }
     copy_plain() { inst_simple "$1" "$2" || snpguard_fail "cannot copy $1"; }
     copy_many() { inst_multiple "$@" || snpguard_fail "cannot copy the Python modules"; }
+    # dracut-install resolves the libraries of executables only: Python's extension modules are 0644.
+    # shellcheck disable=SC2046
+    copy_elves() { inst_multiple "$@" $(snpguard_libs "$@") || snpguard_fail "cannot copy $* or their libraries"; }
 @COPY_PYTHON@
     snpguard_copy_python
     copy_plain @CONFIG@ @CONFIG@
     [ -r @CA@ ] && copy_plain @CA@ @CA@
-    inst_multiple cryptsetup modprobe mount sync || snpguard_fail "cannot copy cryptsetup, modprobe, mount or sync"
+    inst_multiple modprobe mount sync || snpguard_fail "cannot copy modprobe, mount or sync"
     inst_script "$moddir/snpguard-agent.sh" @AGENT_DIR@/snpguard-agent.sh || snpguard_fail "cannot copy the hook"
     inst_simple "$moddir/snpguard-agent.service" "$systemdsystemunitdir/snpguard-agent.service" \
         || snpguard_fail "cannot copy the unit"

@@ -3,12 +3,12 @@
 """The initramfs-tools side of the agent: a hook (what goes into the initrd) and two boot scripts.
 
 * ``/etc/initramfs-tools/hooks/snpguard-agent`` copies python3, exactly the stdlib modules
-  the agent imports (``payload.STDLIB_MODULES``, with their byte code and C extensions and,
-  through ``copy_exec``, their libraries), the agent tree, ``_cffi_backend`` of the image's
+  the agent imports (``payload.STDLIB_MODULES``, with their byte code and C extensions and
+  the libraries ``ldd`` names for them), the agent tree, ``_cffi_backend`` of the image's
   Python (Debian's python3-cffi-backend: cryptography's Rust core needs it), cryptsetup, the
   kernel modules (sev-guest, tsm, dm-crypt, network drivers) and /etc/snpguard/*.  It then
-  imports the agent with the initrd's own layout, so a missing module fails ``mkinitramfs``
-  instead of a boot.
+  imports the agent in the initrd tree (chrooted), so a missing module or library fails
+  ``mkinitramfs`` instead of a boot.
 * ``scripts/local-top/snpguard-agent`` brings the network up (``configure_networking``,
   DHCP unless ``ip=`` says otherwise), runs the agent, and powers the VM off on any failure.
   cryptsetup-initramfs' ``cryptroot`` declares every other local-top script its prerequisite,
@@ -48,20 +48,30 @@ LOCAL_TOP_PATH = "/etc/initramfs-tools/scripts/local-top/snpguard-agent"
 PANIC_PATH = "/etc/initramfs-tools/scripts/panic/snpguard-agent"
 
 #: Shell functions both the initramfs-tools hook and the dracut module use to copy Python.
-#: Needs: AGENT (the agent dir), DEST (the initrd root), copy_bin SRC [DST], copy_plain SRC DST and
-#: copy_many FILE... (each to the same path in the initrd, in one process: the converter runs this in an
-#: emulated appliance, where every fork costs; a fork per stdlib file once took two minutes).
+#: Needs: AGENT (the agent dir), DEST (the initrd root), snpguard_fail, and two copiers that each run
+#: one process for all their files: ``copy_many FILE...`` (plain files) and ``copy_elves FILE...``
+#: (executables and shared objects with the libraries ``ldd`` names), each file to the same path in
+#: the initrd.  The converter runs this in an emulated appliance where a fork costs ~40 ms: a fork per
+#: stdlib file and initramfs-tools' ``copy_exec`` per library (~30 forks each) once took two minutes.
 #: The stdlib paths come precomputed (``@STDLIB_PATHS@``: ``email.utils`` as ``email/utils``).
 COPY_PYTHON = r"""
+snpguard_libs() {  # the libraries ldd names for each file, on one line (shell built-ins but ldd)
+    libs=
+    for elf in "$@"; do
+        for word in $(ldd "$elf" 2>/dev/null); do
+            case "$word" in /*) libs="$libs $word" ;; esac
+        done
+    done
+    echo "$libs"
+}
+
 snpguard_copy_python() {
     PY=$(readlink -f /usr/bin/python3) || snpguard_fail "python3 is not installed in the image"
     [ -x "$PY" ] || snpguard_fail "python3 is not installed in the image"
     PYNAME=${PY##*/}
     VER=${PYNAME#python}
-    TAG=$(echo "$VER" | tr -d .)
+    TAG=${VER%%.*}${VER#*.}
     LIB=/usr/lib/$PYNAME
-    copy_bin "$PY" "/usr/bin/$PYNAME"
-    ln -sf "$PYNAME" "$DEST/usr/bin/python3"
     files=
     for rel in @STDLIB_PATHS@; do
         if [ -f "$LIB/$rel/__init__.py" ]; then
@@ -77,10 +87,14 @@ snpguard_copy_python() {
     done
     # shellcheck disable=SC2086 # (stdlib paths: no spaces)
     copy_many $files
+    elves=$PY
     for ext in @STDLIB_EXTENSIONS@; do
         for so in "$LIB"/lib-dynload/"$ext".cpython-"$TAG"-*.so; do
-            [ -f "$so" ] && copy_bin "$so" "$so"
+            [ -f "$so" ] && elves="$elves $so"
         done
+    done
+    for so in "$AGENT"/cryptography/hazmat/bindings/*.so; do
+        [ -f "$so" ] && elves="$elves $so"
     done
     cffi=
     for so in /usr/lib/python3/dist-packages/_cffi_backend.cpython-"$TAG"-*.so \
@@ -88,11 +102,12 @@ snpguard_copy_python() {
         [ -f "$so" ] && cffi=$so && break
     done
     [ -n "$cffi" ] || snpguard_fail "no _cffi_backend for $PYNAME (install python3-cffi-backend): cryptography needs it"
-    # copy_exec first (it copies a library's dependencies only when it copies the file itself), then the tree.
-    find "$AGENT" -name '*.so' | while read -r so; do copy_bin "$so" "$so"; done
-    copy_bin "$cffi" "$AGENT/${cffi##*/}"
+    # shellcheck disable=SC2086
+    copy_elves $elves $cffi /usr/sbin/cryptsetup
+    ln -sf "$PYNAME" "$DEST/usr/bin/python3"
     mkdir -p "$DEST$AGENT"
     cp -a "$AGENT/." "$DEST$AGENT/"
+    [ "${cffi%/*}" = "$AGENT" ] || cp -L "$cffi" "$DEST$AGENT/" || snpguard_fail "cannot copy $cffi"
     "$PY" -I -S -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$DEST" -p / "$DEST$AGENT" >/dev/null \
         || snpguard_fail "cannot byte-compile the agent"
     # The agent must import with the initrd's own Python tree and libraries: inside the initrd tree
@@ -118,18 +133,17 @@ HOOK = r"""#!/bin/sh
 AGENT=@AGENT_DIR@
 DEST=$DESTDIR
 snpguard_fail() { echo "E: snpguard-agent: $*" >&2; exit 1; }
-copy_bin() { copy_exec "$@" || snpguard_fail "cannot copy $1"; }
 copy_plain() { copy_file file "$1" "$2"; [ -e "$DEST$2" ] || snpguard_fail "cannot copy $1"; }
 copy_many() { cp -a --parents "$@" "$DEST/" || snpguard_fail "cannot copy the Python modules"; }
+# shellcheck disable=SC2046 # (library paths: no spaces)
+copy_elves() { cp -L --parents "$@" $(snpguard_libs "$@") "$DEST/" || snpguard_fail "cannot copy $* or their libs"; }
 @COPY_PYTHON@
 [ -r @CONFIG@ ] || snpguard_fail "@CONFIG@ is missing"
 [ -d "$AGENT" ] || snpguard_fail "$AGENT is missing"
+[ -x /usr/sbin/cryptsetup ] || snpguard_fail "cryptsetup is not installed in the image"
 snpguard_copy_python
 copy_plain @CONFIG@ @CONFIG@
 [ -r @CA@ ] && copy_plain @CA@ @CA@
-CRYPTSETUP=$(command -v cryptsetup || echo /usr/sbin/cryptsetup)
-[ -x "$CRYPTSETUP" ] || snpguard_fail "cryptsetup is not installed in the image"
-copy_bin "$CRYPTSETUP" /usr/sbin/cryptsetup
 # The cipher of the converter's LUKS2 (aes-xts-plain64) and its hash, whatever cryptsetup's hook found.
 for module in sev-guest tsm tsm_report configfs dm_mod dm_crypt dm_integrity virtio_console \
         xts aes_generic aesni_intel sha256_generic; do

@@ -26,7 +26,9 @@ import zipfile
 from dataclasses import dataclass
 
 from ..snp.errors import SnpError
+from . import boot_report as _report_entry  # noqa: F401  (see collection_source)
 from . import dracut, initramfs_tools
+from . import main as _agent_entry  # noqa: F401  (see collection_source)
 from .config import CA_PATH, CONFIG_PATH, AgentConfig, render_config
 
 AGENT_DIR = "/usr/lib/snpguard/agent"
@@ -55,7 +57,7 @@ STDLIB_MODULES = (
     "types", "typing", "urllib", "urllib.error", "urllib.parse", "urllib.request", "urllib.response", "uuid",
     "warnings", "weakref", "zipimport"
 )
-#: C extensions under lib-dynload (their libraries come along through copy_exec / inst_binary).
+#: C extensions under lib-dynload (the hooks copy the libraries ldd names for them).
 STDLIB_EXTENSIONS = ("_bz2", "_ctypes", "_hashlib", "_lzma", "_ssl", "_uuid")
 #: What the hook imports to prove the initrd's layout is complete.
 IMPORT_CHECK = ("ansible_collections.snpguard.cvm.plugins.module_utils.agent.main, ssl, urllib.request, ctypes, "
@@ -70,6 +72,27 @@ from {PACKAGE}.plugins.module_utils.agent.main import main  # noqa: E402
 
 sys.exit(main())
 '''
+
+
+def collection_source(rel: str) -> bytes | None:
+    """A file of this collection's tree (``plugins/...``), or None when it has none by that name.
+
+    Read from disk, or - when the collection runs as an Ansible module, packed in AnsiballZ's
+    zip - through the zip's loader.  AnsiballZ packs the module_utils a module imports; the
+    imports of the agent's and the boot report's entry modules above put their whole closure in.
+    """
+    path = os.path.join(COLLECTION_ROOT, rel)
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except (FileNotFoundError, NotADirectoryError):
+        get_data = getattr(globals().get("__loader__"), "get_data", None)
+        if get_data is None:
+            return None
+        try:
+            return bytes(get_data(path))
+        except OSError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -89,11 +112,13 @@ def agent_modules(root: str = COLLECTION_ROOT, entry: str = ENTRY) -> list[str]:
             continue
         seen.add(rel)
         path = os.path.join(root, rel)
+        source = collection_source(rel) if root == COLLECTION_ROOT else _read_plain(path)
+        if source is None:
+            raise SnpError(f"cannot read the agent's module {rel}", field="agent", path=path)
         try:
-            with open(path, encoding="utf-8") as handle:
-                tree = ast.parse(handle.read(), filename=path)
-        except (OSError, SyntaxError) as exc:
-            raise SnpError(f"cannot read the agent's module {rel}: {exc}", field="agent", path=path) from exc
+            tree = ast.parse(source.decode("utf-8"), filename=path)
+        except (SyntaxError, UnicodeDecodeError) as exc:
+            raise SnpError(f"cannot parse the agent's module {rel}: {exc}", field="agent", path=path) from exc
         for target in _relative_imports(tree, rel, root):
             if target not in seen:
                 todo.append(target)
@@ -102,9 +127,23 @@ def agent_modules(root: str = COLLECTION_ROOT, entry: str = ENTRY) -> list[str]:
         parts = rel.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             init = "/".join(parts[:depth]) + "/__init__.py"
-            if os.path.isfile(os.path.join(root, init)):
+            if _exists(root, init):
                 files.add(init)
     return sorted(files)
+
+
+def _read_plain(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _exists(root: str, rel: str) -> bool:
+    if root == COLLECTION_ROOT:
+        return collection_source(rel) is not None
+    return os.path.isfile(os.path.join(root, rel))
 
 
 def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -133,7 +172,7 @@ def _relative_imports(tree: ast.Module, rel: str, root: str) -> list[str]:
         if not node.module:  # from . import x
             candidates = ["/".join([*module, alias.name]) + ".py" for alias in node.names]
         for candidate in candidates:
-            if os.path.isfile(os.path.join(root, candidate)):
+            if _exists(root, candidate):
                 found.append(candidate)
                 if node.module:
                     break
@@ -190,6 +229,13 @@ def _fill(template: str, config: AgentConfig) -> str:
             .replace("@DEVICE_UNIT@", dracut.device_unit(config.mapper_name)))
 
 
+def read_collection_file(rel: str) -> bytes:
+    data = collection_source(rel)
+    if data is None:
+        raise SnpError(f"cannot read the agent's module {rel}", field="agent", path=os.path.join(COLLECTION_ROOT, rel))
+    return data
+
+
 def agent_files(config: AgentConfig, ca_pem: bytes, crypto_source: str) -> list[PayloadFile]:
     """Every file of the agent for an image's root, sorted by destination."""
     config.validate()
@@ -200,8 +246,7 @@ def agent_files(config: AgentConfig, ca_pem: bytes, crypto_source: str) -> list[
     files: list[PayloadFile] = []
     collection = f"{AGENT_DIR}/{PACKAGE.replace('.', '/')}"
     for rel in agent_modules():
-        with open(os.path.join(COLLECTION_ROOT, rel), "rb") as handle:
-            files.append(PayloadFile(f"{collection}/{rel}", handle.read()))
+        files.append(PayloadFile(f"{collection}/{rel}", read_collection_file(rel)))
     for package in ("ansible_collections", "ansible_collections/snpguard"):
         files.append(PayloadFile(f"{AGENT_DIR}/{package}/__init__.py", b""))
     files.append(PayloadFile(f"{collection}/__init__.py", b""))

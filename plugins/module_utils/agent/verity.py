@@ -215,8 +215,8 @@ install() {
         inst_simple "$moddir/$unit" "$systemdsystemunitdir/$unit" || fail "cannot copy $unit"
         $SYSTEMCTL -q --root "$initdir" enable "$unit" || fail "cannot enable $unit"
     done
-    mkdir -p "$initdir$systemdsystemunitdir/dev-mapper-root.device.d"
-    printf '[Unit]\nJobRunningTimeoutSec=infinity\n' > "$initdir$systemdsystemunitdir/dev-mapper-root.device.d/snpguard.conf"
+    dropin="$initdir$systemdsystemunitdir/dev-mapper-root.device.d"
+    mkdir -p "$dropin" && printf '[Unit]\nJobRunningTimeoutSec=infinity\n' > "$dropin/snpguard.conf"
     mkdir -p "$initdir/etc/cmdline.d"
     echo "rd.shell=0 rd.emergency=poweroff" > "$initdir/etc/cmdline.d/90snpguard-verity.conf"
 }
@@ -286,15 +286,12 @@ def verity_scripts() -> list[tuple[str, bytes, int]]:
 
 def boot_report_files(report_source: str) -> list[tuple[str, bytes, int]]:
     """The boot report's program (its stdlib-only import closure), entry script and systemd unit."""
-    import os
-
-    from .payload import COLLECTION_ROOT, PACKAGE, agent_modules
+    from .payload import PACKAGE, agent_modules, read_collection_file
 
     collection = f"{REPORT_DIR}/{PACKAGE.replace('.', '/')}"
     files = []
     for rel in agent_modules(entry=REPORT_ENTRY):
-        with open(os.path.join(COLLECTION_ROOT, rel), "rb") as handle:
-            files.append((f"{collection}/{rel}", handle.read(), 0o644))
+        files.append((f"{collection}/{rel}", read_collection_file(rel), 0o644))
     for package in ("ansible_collections", "ansible_collections/snpguard", "ansible_collections/snpguard/cvm"):
         files.append((f"{REPORT_DIR}/{package}/__init__.py", b"", 0o644))
     files.append((f"{REPORT_DIR}/snpguard-boot-report.py", REPORT_SCRIPT.replace("@REPORT_DIR@", REPORT_DIR).encode(),

@@ -42,10 +42,13 @@ def load_guestfs() -> Any:
 
 
 @contextmanager
-def appliance(drives: Sequence[tuple[str, str, bool]], *, memsize: int = 2048, smp: int = 2,
-              force_tcg: bool = False) -> Iterator[Any]:
-    """A launched appliance with ``drives`` = (path, format, readonly) as /dev/sda, /dev/sdb, ...
+def appliance(drives: Sequence[tuple[str, str, bool] | tuple[str, str, bool, str]], *, memsize: int = 2048,
+              smp: int = 2, force_tcg: bool = False) -> Iterator[Any]:
+    """A launched appliance with ``drives`` = (path, format, readonly[, label]) as /dev/sda, /dev/sdb, ...
 
+    With more than one drive, give each a label and find its device with ``disk_devices``: the
+    appliance kernel may name the disks in another order than they were added (seen: the new, empty
+    image as /dev/sda), and libguestfs translates names only in its own API calls, not in a shell.
     ``force_tcg`` for hosts whose /dev/kvm does not work (nested virtualisation):
     libguestfs then emulates the appliance's CPU.
     """
@@ -58,8 +61,8 @@ def appliance(drives: Sequence[tuple[str, str, bool]], *, memsize: int = 2048, s
     try:
         handle.set_memsize(memsize)
         handle.set_smp(smp)
-        for path, disk_format, readonly in drives:
-            handle.add_drive_opts(path, format=disk_format, readonly=readonly)
+        for path, disk_format, readonly, *label in drives:
+            handle.add_drive_opts(path, format=disk_format, readonly=readonly, **({"label": label[0]} if label else {}))
         try:
             handle.launch()
         except RuntimeError as exc:
@@ -73,6 +76,16 @@ def appliance(drives: Sequence[tuple[str, str, bool]], *, memsize: int = 2048, s
             raise ApplianceError(f"libguestfs could not close the image cleanly: {exc}", field="appliance") from exc
     finally:
         handle.close()
+
+
+def disk_devices(handle: Any, *labels: str) -> list[str]:
+    """The kernel's device for each drive label (``/dev/sdX``), as the appliance's udev named it."""
+    found = call("disk labels", handle.list_disk_labels)
+    missing = [label for label in labels if label not in found]
+    if missing:
+        raise ApplianceError(f"no disk labelled {', '.join(missing)} in the appliance (it has {sorted(found)})",
+                             field="appliance")
+    return [found[label] for label in labels]
 
 
 def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:

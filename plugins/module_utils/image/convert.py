@@ -50,7 +50,7 @@ from ..keyrelease.protocol import seal_for_ingestion
 from ..snp.errors import SnpError
 from ..snp.policy import parse_policy
 from . import staging as stg
-from .appliance import appliance, call, shell
+from .appliance import appliance, call, disk_devices, shell
 from .inspect import ImageFacts, Kernel, inspect_image, select_kernel
 from .packages import fetch_debs
 
@@ -368,11 +368,12 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
 
 def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: list[str], key: bytearray,
            output_tmp: str, staging_tmp: str, say: Progress) -> dict[str, Any]:
-    """Everything inside one appliance: source as /dev/sda (read-only), the new image as /dev/sdb."""
+    """Everything inside one appliance: the source (read-only) and the new image, found by their labels."""
     root_number = facts.root.number
-    src_root, dst_root = f"/dev/sda{root_number}", f"/dev/sdb{root_number}"
-    with appliance([(options.source, "qcow2", True), (output_tmp, "qcow2", False)],
+    with appliance([(options.source, "qcow2", True, "source"), (output_tmp, "qcow2", False, "target")],
                    force_tcg=options.force_tcg) as handle:
+        src, dst = disk_devices(handle, "source", "target")
+        src_root, dst_root = f"{src}{root_number}", f"{dst}{root_number}"
         say("partitioning the new image like the stock one")
         start = facts.root.start // 512
         # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
@@ -381,17 +382,17 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         end = start + (last_usable - start + 1) // 8 * 8 - 1
         # One write of the whole table (sfdisk), not a series of edits: udev probes the disk after each
         # write, and a probe between two edits once read a half-written table ("CRC mismatch").
-        dump = shell(handle, "read the stock partition table", "sfdisk --dump /dev/sda")
-        table = gpt_script(dump, root_number, start, end)
+        dump = shell(handle, "read the stock partition table", f"sfdisk --dump {src}")
+        table = gpt_script(dump, root_number, start, end, dst)
         shell(handle, "partition the new image", f"cat > /tmp/gpt.sfdisk <<'SNPGUARD_GPT'\n{table}SNPGUARD_GPT\n"
-              "udevadm settle\nsfdisk -q /dev/sdb < /tmp/gpt.sfdisk\nudevadm settle\n"
+              f"udevadm settle\nsfdisk -q {dst} < /tmp/gpt.sfdisk\nudevadm settle\n"
               f"test -b {dst_root}")
         for part in facts.partitions:
             if part is facts.root:
                 continue
             say(f"copying partition {part.number} ({part.fs_type or 'raw'}, {part.size >> 20} MiB)")
             shell(handle, f"copy partition {part.number}",
-                  f"dd if=/dev/sda{part.number} of=/dev/sdb{part.number} bs=4M conv=fsync status=none")
+                  f"dd if={src}{part.number} of={dst}{part.number} bs=4M conv=fsync status=none")
         label = f"-L {_shell_word(facts.root.label)} " if facts.root.label else ""
         if options.mode == "luks":
             luks_uuid = _luks_format(handle, options, key, dst_root, say)
@@ -425,7 +426,7 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
                    None)
         if esp is not None and handle.is_dir("/boot/efi"):
-            call("mount the ESP", handle.mount, f"/dev/sdb{esp.number}", "/boot/efi")
+            call("mount the ESP", handle.mount, f"{dst}{esp.number}", "/boot/efi")
         if debs:
             say(f"installing {len(debs)} packages offline: {', '.join(os.path.basename(d) for d in debs)}")
             call("package dir", handle.mkdir_p, "/var/cache/snpguard-debs")
@@ -539,8 +540,8 @@ def _crypttab(handle: Any, luks_uuid: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gpt_script(dump: str, root_number: int, start: int, end: int) -> str:
-    """``sfdisk --dump`` of the stock disk as the new disk's table: every partition as it was (type, GUID,
+def gpt_script(dump: str, root_number: int, start: int, end: int, disk: str = "/dev/sdb") -> str:
+    """``sfdisk --dump`` of the stock disk as the table of ``disk``: every partition as it was (type, GUID,
     name, attributes), the root ``root_number`` from ``start`` to ``end`` (sectors, inclusive), the disk's
     own GUID kept and its last LBA left to sfdisk (the new disk is larger)."""
     header: list[str] = []
@@ -560,7 +561,7 @@ def gpt_script(dump: str, root_number: int, start: int, end: int) -> str:
                     raise SnpError(f"the stock table does not put partition {root_number} at sector {start}",
                                    field="image.root")
                 spec = re.sub(r"size=\s*\d+", f"size={end - start + 1}", spec, count=1)
-            parts.append(f"/dev/sdb{number} : {spec}")
+            parts.append(f"{disk}{number} : {spec}")
         elif not line.startswith(("device:", "last-lba:")):
             header.append(line)
     if not any(line == "label: gpt" for line in header):

@@ -263,3 +263,8 @@ def test_a_stock_table_that_is_not_what_inspection_saw_is_refused(table: str, ro
     with pytest.raises(SnpError) as info:
         gpt_script(table, root, start, start + 100)
     assert info.value.field == field
+
+
+def test_the_new_partition_table_names_the_target_disk() -> None:
+    lines = gpt_script(STOCK_TABLE, 1, 262144, 6422527, "/dev/sda").splitlines()
+    assert [line.split(" : ")[0] for line in lines if " : " in line] == ["/dev/sda1", "/dev/sda14", "/dev/sda15"]
