@@ -89,10 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = {"host_key": key, "fingerprint": fingerprint(blob), "report_data": report_data.hex(),
              "source": answer.source}
     atomic_write(os.path.join(args.out, "boot-report.json"), (json.dumps(facts, indent=1) + "\n").encode())
-    say(f"SSH host key {facts['fingerprint']} ({key}) bound into REPORT_DATA; report in "
-        f"{args.out}/boot-report.bin ({answer.source})")
-    say(f"report {base64.b64encode(answer.report).decode()}")
+    for line in console_lines(key, facts["fingerprint"], f"{args.out}/boot-report.bin", answer.source, answer.report):
+        say(line)
     return 0
+
+
+def console_lines(key: str, key_fingerprint: str, where: str, source: str, report: bytes) -> list[str]:
+    """The two console messages (after ``PREFIX``) that ``parse_console`` reads back."""
+    return [f"SSH host key {key_fingerprint} ({key}) bound into REPORT_DATA; report in {where} ({source})",
+            f"report {base64.b64encode(report).decode()}"]
 
 
 # -- reading it back -------------------------------------------------------------------------------------

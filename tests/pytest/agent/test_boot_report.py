@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import fingerprint
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import REPORT_DIR, boot_report_files
@@ -79,3 +81,80 @@ def test_no_host_key_fails_closed_and_writes_nothing(installed: Path, tmp_path: 
     done = run_report(installed, "--host-key", str(tmp_path / "missing.pub"), "--wait", "1", "--out", str(out))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "FAILED: no SSH host key within 1 s" in done.stdout and not out.exists()
+
+
+# -- read back from the console (cvm_boot_report) ----------------------------------------------------------
+
+REPORT = bytes(range(256)) * 4 + bytes(160)  # 1184 bytes, as a report is
+
+
+def printed(pub: Path, report: bytes = REPORT, prefix: str = "") -> str:
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import PREFIX, console_lines
+
+    key = " ".join(pub.read_text().split()[:2])
+    blob = base64.b64decode(key.split()[1])
+    return "".join(f"{prefix}{PREFIX}{line}\n" for line in
+                   console_lines(key, fingerprint(blob), "/run/snpguard/boot-report.bin", "channel", report))
+
+
+def test_the_console_report_reads_back_with_systemd_or_kernel_prefixes(tmp_path: Path) -> None:
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import parse_console
+
+    pub = host_key(tmp_path)
+    key = " ".join(pub.read_text().split()[:2])
+    for prefix in ("", "[   85.120144] python3[611]: ", "Dec 07 04:51:25 vm python3[611]: "):
+        text = "[  OK  ] Started ssh.service\n" + printed(pub, prefix=prefix) + "debian login: "
+        found = parse_console(text)
+        assert found is not None, prefix
+        assert found.host_key == key and found.report == REPORT
+        assert found.report_data() == host_key_binding(base64.b64decode(key.split()[1]))
+
+
+def test_the_last_complete_report_wins_and_incomplete_or_inconsistent_ones_do_not_count(tmp_path: Path) -> None:
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import PREFIX, parse_console
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = host_key(tmp_path / "a"), host_key(tmp_path / "b")
+    assert parse_console(printed(first).splitlines()[0]) is None  # a key line without its report
+    both = printed(first, REPORT) + printed(second, REPORT[::-1])
+    assert parse_console(both).host_key.split()[1] == second.read_text().split()[1]
+    # A fingerprint that is not the key's own (a forged or garbled line) is not a report.
+    lines = printed(second).splitlines()
+    other = fingerprint(base64.b64decode(first.read_text().split()[1]))
+    forged = lines[0].replace(lines[0].split()[4], other) + "\n" + lines[1]
+    assert parse_console(printed(first) + forged).host_key.split()[1] == first.read_text().split()[1]
+    assert parse_console(f"{PREFIX}report !!!not-base64\n") is None
+
+
+def test_cvm_boot_report_waits_then_refuses_naming_the_log(tmp_path: Path) -> None:
+    from ansible_collections.snpguard.cvm.plugins.module_utils.attestation.cvm_boot_report import apply
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
+
+    log = tmp_path / "serial.log"
+    log.write_text("booting\n")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    with pytest.raises(SnpError) as info:
+        apply({"serial_log": str(log), "timeout": 10}, sleep=sleep, clock=lambda: now[0])
+    assert info.value.field == "serial_log" and len(slept) == 5
+    pub = host_key(tmp_path)
+    log.write_text("booting\n" + printed(pub))
+    result = apply({"serial_log": str(log), "timeout": 0})
+    assert result["host_key"] == " ".join(pub.read_text().split()[:2]) and result["changed"] is False
+    assert bytes.fromhex(result["report_data"]) == host_key_binding(base64.b64decode(result["host_key_b64"]))
+    assert base64.b64decode(result["report_b64"]) == REPORT
+
+
+@given(st.text(max_size=400))
+def test_the_console_parser_takes_any_text(text: str) -> None:
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent.boot_report import PREFIX, parse_console
+
+    parse_console(text)
+    parse_console(PREFIX + text)
+    parse_console(f"{PREFIX}SSH host key {text}\n{PREFIX}report {text}")
