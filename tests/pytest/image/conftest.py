@@ -100,6 +100,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url_session: str, sim_
               str(sim_root), "--offline", "--tls-ips", f"127.0.0.1,{GUEST_SERVER[0]}"]
     a = ServerProcess(work / "a", common).start()
     shutil.copytree(work / "a" / "tls", work / "b" / "tls")
+    (work / "b").chmod(0o700)
     b = ServerProcess(work / "b", common).start()
     try:
         yield Replicas(a, b, a.mint_token("pipeline-admin"))

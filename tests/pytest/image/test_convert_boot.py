@@ -1,23 +1,15 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""Convert the stock Debian 13 cloud image (``mode: luks``), inspect it, register it, boot it.
+"""``mode: luks``: the stock Debian 13 image as convert.yml converted it, inspected; the CLI agrees with it.
 
-The whole path of a user, with real parts only: ``snpguard image convert`` turns the
-cached stock qcow2 (scripts/cloud_image.py) into a confidential one, its volume key sealed
-to a real key-release server's ingestion key; libguestfs inspects what came out (the
-LUKS2 header, the agent in the regenerated initrd, the crypttab, no SSH host keys, no
-plaintext key anywhere); ``snpguard image register --staging-dir`` measures the staged
-boot chain; the launcher boots the image under simulation (OVMF checks the kernel
-hashes, the simulated AMD-SP signs a report of this launch) and the agent in the initrd
-attests, unlocks the root and systemd reaches multi-user, where a marker written into the
-encrypted root is printed on the console.
-
-The volume key this test uses to open the container for inspection comes from the same
-server by a simulated guest's handshake (``servers.Agent``): the key the conversion
-sealed, released against the staged measurement, and nothing else.
-
-Also: a rerun with the same input is a no-op (changed=false), check mode plans without
-writing, and a conversion interrupted mid-way leaves no output behind.
+The session's pipeline (conftest.py) converted the cached stock qcow2 (scripts/cloud_image.py) with the
+``snpguard.cvm.cvm_image`` module, its volume key sealed to the replicas' ingestion key, and registered it
+with register.yml.  Here libguestfs inspects what came out (the LUKS2 header, the agent in the regenerated
+initrd, the crypttab, no SSH host keys, no plaintext key anywhere) with the key the server releases to a
+(simulated) guest of exactly that launch.  ``snpguard image convert`` run with the options the module had is
+a no-op (the CLI and the module make the same conversion), check mode plans without writing, and a
+conversion interrupted mid-way leaves no output behind.  The image boots in test_pipeline.py (three VMs at
+once) and is refused in test_refusals.py.
 """
 
 from __future__ import annotations
@@ -25,36 +17,27 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CloudImage
-from conversions import convert_cli, need_tools, wait_for
-from servers import GUEST_SERVER, Agent, ServerProcess, snpguard_cmd, snpguard_env, stage
+from conversions import convert_cli, need_tools
+from pipeline import LUKS, Pipeline
+from servers import GUEST_SERVER, Agent
 
 from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.launch import bundle_host_data
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.appliance import shell
-from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, from_bundle
-from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 
 pytestmark = pytest.mark.slow
-NAME = "debian13-converted"
+NAME = LUKS
 SERVER_URL = f"https://{GUEST_SERVER[0]}"
 MIB = 1 << 20
-
-
-def ingestion_key(server: ServerProcess) -> str:
-    with server.client() as client:
-        return client.get("/public/info").json()["ingestion_public_key"]
 
 
 @dataclass
@@ -63,8 +46,6 @@ class Conversion:
     output: Path
     staging: Path
     argv: list[str]
-    result: dict[str, Any]
-    stderr: str
     seconds: float
 
     def rerun(self, *extra: str, output: Path | None = None, staging: Path | None = None
@@ -78,48 +59,28 @@ class Conversion:
 
 
 @pytest.fixture(scope="module")
-def conversion(tmp_path_factory: pytest.TempPathFactory, cloud_image: CloudImage, guest_server: ServerProcess,
-               artifacts: Path) -> Conversion:
-    need_tools()
-    work = tmp_path_factory.mktemp("convert")
-    output, staging = work / "cvm.qcow2", work / "cvm.staging"
+def conversion(pipeline: Pipeline, replicas: Any, cloud_image: CloudImage, artifacts: Path) -> Conversion:
+    """The pipeline's luks image, and the CLI's arguments for the very options convert.yml gave the module."""
+    with replicas.a.client() as client:
+        ingestion = client.get("/public/info").json()["ingestion_public_key"]
+    output, staging = pipeline.image_path(LUKS), pipeline.staging(LUKS)
     argv = [str(cloud_image.path), str(output), "--staging-dir", str(staging), "--name", NAME,
-            "--server-url", SERVER_URL, "--server-ca", str(guest_server.data_dir / "tls" / "ca.pem"),
-            "--ingestion-key", ingestion_key(guest_server), "--firmware", str(artifacts / "OVMF.amdsev.fd"),
-            "--report-source", "channel", "--package-cache", str(work.parent / "debs"), "--force-tcg", "--json"]
-    started = time.monotonic()
-    proc = convert_cli(argv)
-    seconds = round(time.monotonic() - started, 1)
-    print(proc.stderr[-3000:])
-    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
-    print(f"stage convert: {seconds} s")
-    return Conversion(cloud_image.path, output, staging, argv, json.loads(proc.stdout), proc.stderr, seconds)
+            "--server-url", SERVER_URL, "--server-ca", str(pipeline.hosts_dir / "server-ca.pem"),
+            "--ingestion-key", ingestion, "--firmware", str(pipeline.firmware), "--report-source", "channel",
+            "--package-cache", str(pipeline.hosts_dir / "debs"), "--force-tcg", "--json"]
+    return Conversion(cloud_image.path, output, staging, argv, pipeline.times.get("convert_both", 0.0))
 
 
 @pytest.fixture(scope="module")
-def token(guest_server: ServerProcess) -> str:
-    return guest_server.mint_token("convert-boot")
+def registered(replicas: Any) -> dict[str, Any]:
+    with replicas.a.client(replicas.token) as admin:
+        return next(i for i in admin.get("/images").json()["items"] if i["name"] == NAME)
 
 
 @pytest.fixture(scope="module")
-def registered(conversion: Conversion, guest_server: ServerProcess, token: str, artifacts: Path) -> dict[str, Any]:
-    env = dict(snpguard_env(), SNPGUARD_TOKEN=token)
-    for name in ("SNPGUARD_URL", "SNPGUARD_CA_FILE", "SNPGUARD_CONFIG"):
-        env.pop(name, None)
-    argv = snpguard_cmd("image", "register", NAME, "--staging-dir", str(conversion.staging), "--firmware",
-                        str(artifacts / "OVMF.amdsev.fd"), "--url", guest_server.base, "--ca-file",
-                        str(guest_server.data_dir / "tls" / "ca.pem"), "--json")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    return json.loads(proc.stdout)
-
-
-@pytest.fixture(scope="module")
-def bundle(registered: dict[str, Any], guest_server: ServerProcess, token: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle(registered: dict[str, Any], replicas: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The launch bundle the server serves for the registered image (what snp_vm boots from)."""
-    with guest_server.client(token) as admin:
+    with replicas.a.client(replicas.token) as admin:
         response = admin.get(f"/images/{registered['id']}/bundle")
     assert response.status_code == 200, response.text
     path = tmp_path_factory.mktemp("bundle") / f"{NAME}.bundle.tar.gz"
@@ -128,12 +89,16 @@ def bundle(registered: dict[str, Any], guest_server: ServerProcess, token: str,
 
 
 @pytest.fixture(scope="module")
-def volume_key(registered: dict[str, Any], bundle: Path, guest_server: ServerProcess, sim) -> bytes:
-    """The key the server releases to a guest launched from the bundle (its measurement and HOST_DATA)."""
-    measurement = bytes.fromhex(registered["measurements"]["1"])
+def volume_key(registered: dict[str, Any], bundle: Path, replicas: Any, sim) -> bytes:
+    """The key the server releases to a guest launched from the bundle (its measurement, HOST_DATA, ID key)."""
+    from ansible_collections.snpguard.cvm.plugins.module_utils.snp.id_block import ID_AUTH_SIZE, IdAuth, decode_blob
+
+    entry = registered["measurements"][0]
+    auth = IdAuth.from_bytes(decode_blob(entry["id_auth"], ID_AUTH_SIZE, "id_auth"))
     host_data = bundle_host_data(read_bundle(bundle.read_bytes()))
-    with guest_server.client() as client:
-        response, key, _body = Agent(sim).handshake(client, measurement, host_data=host_data)
+    with replicas.b.client() as client:
+        response, key, _body = Agent(sim).handshake(client, bytes.fromhex(entry["measurement"]),
+                                                    host_data=host_data, id_key_digest=auth.id_key_digest)
     assert response.status_code == 200, response.text
     assert key is not None
     return bytes(key)
@@ -142,92 +107,60 @@ def volume_key(registered: dict[str, Any], bundle: Path, guest_server: ServerPro
 @dataclass
 class Inspected:
     luks_dump: str
+    luks_uuid: str
     crypttab: str
     fstab: str
     initrd_files: set[str]
     agent_config: dict[str, Any]
     ssh_host_keys: list[str]
-    marker: str
-    overlay: Path
     initrd_sha256: str
-
-
-MARKER_UNIT = """[Unit]
-Description=snpguard test: print the marker of the encrypted root
-After=local-fs.target
-
-[Service]
-Type=oneshot
-StandardOutput=journal+console
-ExecStart=/bin/sh -c 'echo "SNPGUARD-TEST: marker $(cat /snpguard-marker) root $(findmnt -no SOURCE /)"'
-
-[Install]
-WantedBy=multi-user.target
-"""
+    kernel_version: str
 
 
 @pytest.fixture(scope="module")
-def inspected(conversion: Conversion, volume_key: bytes,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inspected]:
-    """One appliance on a copy-on-write overlay: read what the conversion made, then add the test's marker."""
+def inspected(conversion: Conversion, volume_key: bytes, cloud_image: CloudImage) -> Inspected:
+    """The converted image read-only in one appliance, opened with the key the server releases."""
     guestfs = need_tools()
-    overlay = tmp_path_factory.mktemp("boot") / "boot.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(conversion.output), "-F", "qcow2",
-                    str(overlay)], check=True)
-    root_part = conversion.result["luks"]["device_partition"]
-    marker = f"snpguard-marker-{secrets.token_hex(8)}"
+    root_part = next(p["number"] for p in cloud_image.manifest["disk"]["partitions"] if p["role"] == "root")
+    version = stg.read_staging(str(conversion.staging)).kernel_version
     g = guestfs.GuestFS(python_return_dict=True)
     try:
-        g.add_drive_opts(str(overlay), format="qcow2", readonly=False)
+        g.add_drive_opts(str(conversion.output), format="qcow2", readonly=True)
         g.launch()
         device = f"/dev/sda{root_part}"
         dump = shell(g, "luksDump", f"cryptsetup luksDump {device}")  # the appliance's shell: nothing mounted
-        g.cryptsetup_open(device, volume_key.decode("ascii"), "root")
-        g.mount("/dev/mapper/root", "/")
-        version = conversion.result["kernel_version"]
-        initrd_files = set(g.command_lines(["lsinitramfs", f"/boot/initrd.img-{version}"]))
-        initrd_sha256 = g.checksum("sha256", f"/boot/initrd.img-{version}")
+        uuid = shell(g, "luksUUID", f"cryptsetup luksUUID {device}").splitlines()[-1].strip()
+        g.cryptsetup_open(device, volume_key.decode("ascii"), "root", readonly=True)
+        g.mount_ro("/dev/mapper/root", "/")
         config = json.loads(g.cat("/etc/snpguard/agent.json")) if g.is_file("/etc/snpguard/agent.json") else {}
         facts = Inspected(
-            luks_dump=dump, crypttab=g.cat("/etc/crypttab"), fstab=g.cat("/etc/fstab"), initrd_files=initrd_files,
-            agent_config=config, ssh_host_keys=g.glob_expand("/etc/ssh/ssh_host_*"), marker=marker, overlay=overlay,
-            initrd_sha256=initrd_sha256)
-        g.write("/snpguard-marker", marker.encode())
-        g.write("/etc/systemd/system/snpguard-test-marker.service", MARKER_UNIT.encode())
-        g.mkdir_p("/etc/systemd/system/multi-user.target.wants")
-        g.ln_sf("/etc/systemd/system/snpguard-test-marker.service",
-                "/etc/systemd/system/multi-user.target.wants/snpguard-test-marker.service")
+            luks_dump=dump, luks_uuid=uuid, crypttab=g.cat("/etc/crypttab"), fstab=g.cat("/etc/fstab"),
+            initrd_files=set(g.command_lines(["lsinitramfs", f"/boot/initrd.img-{version}"])), agent_config=config,
+            ssh_host_keys=g.glob_expand("/etc/ssh/ssh_host_*"),
+            initrd_sha256=g.checksum("sha256", f"/boot/initrd.img-{version}"), kernel_version=version)
         g.umount_all()
         g.cryptsetup_close("/dev/mapper/root")
         g.shutdown()
     finally:
         g.close()
-    yield facts
+    return facts
 
 
-def test_conversion_reports_what_it_did(conversion: Conversion) -> None:
-    result = conversion.result
-    assert result["changed"] is True
-    assert result["kernel_version"].endswith("-amd64")
-    assert result["cmdline"].startswith("root=/dev/mapper/root ro ")
-    assert "ip=dhcp" in result["cmdline"].split()
-    assert result["luks"]["pbkdf"] == "argon2id" and result["luks"]["sector_size"] == 4096
-    steps = "\n".join(result["steps"])
-    for step in ("inspecting the stock image", "creating the LUKS2 container", "installing the agent",
-                 "regenerating the initrd", "sealing the volume key"):
-        assert step in steps
-    assert re.search(r"copy: /usr \(\d+ of \d+ MiB, \d+%\)", steps)  # progress in bytes for the copy
-    assert "convert: done:" in conversion.stderr
-    print(f"\nconversion: {conversion.seconds} s; output {conversion.output.stat().st_size >> 20} MiB "
-          f"(stock {conversion.source.stat().st_size >> 20} MiB); packages {result['packages']}")
+def test_convert_yml_converted_and_the_staging_dir_records_it(pipeline: Pipeline, conversion: Conversion) -> None:
+    staged = stg.read_staging(str(conversion.staging))
+    assert staged.kernel_version.endswith("-amd64")
+    assert staged.cmdline.startswith("root=/dev/mapper/root ro ") and "ip=dhcp" in staged.cmdline.split()
+    assert f"{LUKS}: converted" in pipeline.converted.output, pipeline.converted.output[-3000:]
+    print(f"\nconversion (two at once, convert.yml --forks 2): {conversion.seconds} s; output "
+          f"{conversion.output.stat().st_size >> 20} MiB (stock {conversion.source.stat().st_size >> 20} MiB)")
 
 
-def test_staging_dir_holds_the_boot_chain_and_only_the_sealed_key(conversion: Conversion, volume_key: bytes) -> None:
+def test_staging_dir_holds_the_boot_chain_and_only_the_sealed_key(conversion: Conversion, volume_key: bytes,
+                                                                  pipeline: Pipeline) -> None:
     staged = stg.read_staging(str(conversion.staging))  # every file matches its digest
     assert staged.image == NAME and staged.mode == "luks"
     assert sorted(os.listdir(conversion.staging)) == sorted(
         [stg.MANIFEST, stg.KERNEL, stg.INITRD, stg.CMDLINE, stg.SEALED_KEY])
-    assert staged.cmdline == conversion.result["cmdline"]
     assert staged.output["sha256"] and staged.source["path"] == str(conversion.source)
     # The released key is 64 hex digits; neither it nor its bytes appear in any staged file, in the
     # output image (whose root is encrypted), or in what the conversion printed.
@@ -236,7 +169,7 @@ def test_staging_dir_holds_the_boot_chain_and_only_the_sealed_key(conversion: Co
     for path in conversion.staging.iterdir():
         data = path.read_bytes()
         assert volume_key not in data and raw not in data, path
-    assert volume_key.decode() not in conversion.stderr + json.dumps(conversion.result)
+    assert volume_key.decode() not in pipeline.converted.output + pipeline.registered.output
     assert not contains(conversion.output, [volume_key, raw]), "the plaintext volume key is in the output image"
 
 
@@ -266,7 +199,7 @@ def test_the_luks2_header_has_the_documented_parameters(inspected: Inspected) ->
 
 def test_the_image_boots_through_the_agent(inspected: Inspected, conversion: Conversion) -> None:
     """crypttab names the container for the initrd; the regenerated initrd carries the agent, its config and CA."""
-    uuid = conversion.result["luks"]["uuid"]
+    uuid = inspected.luks_uuid
     assert f"root UUID={uuid} none luks,initramfs" in inspected.crypttab.splitlines()
     assert inspected.initrd_sha256 == stg.read_staging(str(conversion.staging)).initrd_sha256
     files = inspected.initrd_files
@@ -280,7 +213,7 @@ def test_the_image_boots_through_the_agent(inspected: Inspected, conversion: Con
 
 def test_the_agent_grows_the_initrd_by_at_most_15_mib(conversion: Conversion, cloud_image: CloudImage) -> None:
     """Stock initrd (the fixture's manifest) against the regenerated one, both zstd as the image makes them."""
-    version = conversion.result["kernel_version"]
+    version = stg.read_staging(str(conversion.staging)).kernel_version
     stock = next(k["initrd_bytes"] for k in cloud_image.manifest["kernels"] if k["version"] == version)
     converted = (conversion.staging / stg.INITRD).stat().st_size
     growth = converted - stock
@@ -292,42 +225,11 @@ def test_no_ssh_host_keys_are_copied_into_the_confidential_image(inspected: Insp
     assert inspected.ssh_host_keys == []
 
 
-def test_boot_attests_unlocks_and_reaches_multi_user(inspected: Inspected, conversion: Conversion,
-                                                     registered: dict[str, Any], bundle: Path,
-                                                     guest_server: ServerProcess, artifacts: Path, sim_dir: Path,
-                                                     tmp_path: Path) -> None:
-    stages: dict[str, float] = {"convert": conversion.seconds}
-    staged = stg.read_staging(str(conversion.staging))
-    t = time.monotonic()
-    config = from_bundle(str(bundle), name="converted", state_dir=str(tmp_path / "vm"),
-                         firmware=str(artifacts / "OVMF.amdsev.fd"), memory_mb=2048, simulate=True,
-                         disks=[Disk(str(inspected.overlay), format="qcow2")], network="user",
-                         guest_forwards=[(GUEST_SERVER[0], GUEST_SERVER[1], guest_server.port)]).validate()
-    assert config.cmdline == staged.cmdline and config.expected_measurement == registered["measurements"]["1"]
-    vm = Vm(config.name, config.state_dir, run)
-    serial = Path(config.state_dir) / "serial.log"
-    try:
-        assert vm.start(config, simulated_amdsp=str(sim_dir)).changed
-        t = stage(stages, "qemu_start", t)
-        # The marker unit is wanted by multi-user.target, so the target is reached after it printed.
-        text = wait_for(vm, serial, re.compile(r"Reached target multi-user|stopping this boot|Kernel panic"))
-        t = stage(stages, "boot_to_marker", t)
-    finally:
-        vm.remove()
-    agent = [line.strip() for line in text.splitlines() if "snpguard-agent:" in line]
-    print("\n".join(agent) + f"\nstages (s): {stages}")
-    assert any(f"attested, key released for {NAME}" in line for line in agent), text[-4000:]
-    assert any("opened as /dev/mapper/root; key wiped" in line for line in agent), text[-4000:]
-    assert "Reached target multi-user.target" in text or "Multi-User System" in text, text[-4000:]
-    assert f"SNPGUARD-TEST: marker {inspected.marker} root /dev/mapper/root" in text, text[-4000:]
-    assert "Please unlock disk" not in text
-
-
 def test_a_rerun_with_the_same_input_changes_nothing(conversion: Conversion) -> None:
     before = conversion.output.stat().st_mtime_ns, (conversion.staging / stg.MANIFEST).read_bytes()
     again = conversion.rerun()
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["changed"] is False
+    assert json.loads(again.stdout)["changed"] is False, again.stderr[-3000:]  # the module's conversion, to the CLI
     assert "up to date" in again.stderr
     assert (conversion.output.stat().st_mtime_ns, (conversion.staging / stg.MANIFEST).read_bytes()) == before
 

@@ -27,6 +27,9 @@ from typing import Any
 import pytest
 from conversions import console
 from pipeline import DEVROOT, LUKS, PLAYBOOK_BIN, VERITY, Pipeline
+from test_convert_verity import check_boot_report
+
+from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
 
 pytestmark = pytest.mark.slow
 
@@ -72,12 +75,18 @@ def ansible(pipeline: Pipeline, host: str, *args: str) -> subprocess.CompletedPr
 
 
 def test_a_verity_vm_passes_the_attest_gate_and_gets_the_secret_and_the_gate_fails_closed(
-        pipeline: Pipeline, replicas: Any) -> None:
+        pipeline: Pipeline, replicas: Any, artifacts: Path, sim: Any, tmp_path: Path) -> None:
     pipeline.add_vm("verity-1", VERITY, 2321, replicas.a.port)
     pipeline.add_vm("verity-2", VERITY, 2322, replicas.b.port)
     secret = "/run/snpguard/secret"
     try:
         pipeline.must("boot.yml", "--forks", "2", "--limit", "verity-1,verity-2", stage="boot_2_verity_vms")
+        # The root read-only through dm-verity, the writable layers, sshd with a key made at this boot.
+        text = console(pipeline.serial("verity-1"))
+        assert "opened as /dev/mapper/root (dm-verity" in text, text[-4000:]
+        assert "snpguard-verity: root /dev/mapper/root mounted ro" in text and "/etc an overlay" in text
+        assert re.search(r"Started ssh\.service", text) and "is corrupted" not in text, text[-4000:]
+        check_boot_report(text, stg.read_staging(str(pipeline.staging(VERITY))), artifacts, sim, tmp_path)
         attested = pipeline.must("attest.yml", "--limit", "verity-1", stage="attest")
         assert "boot report and fresh report verified" in attested.output
         known = (pipeline.controller_dir / "known_hosts").read_text()
