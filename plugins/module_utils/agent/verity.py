@@ -7,7 +7,8 @@ attestation gates secrets later).  What the initrd does instead:
 
 * ``scripts/local-top/snpguard-verity`` reads ``snpguard.verity.roothash=``,
   ``snpguard.verity.data=`` (``PARTUUID=…``) and ``snpguard.verity.hashoffset=`` from the
-  measured kernel command line, waits for the partition and opens it with ``veritysetup
+  measured kernel command line, waits for the partition (``snpguard.verity.wait=`` seconds, default
+  60) and opens it with ``veritysetup
   open`` as /dev/mapper/root: the hash tree is appended to the same partition, after the
   file system.  Any block whose hash does not lead to the measured root hash then fails to
   read.  Opening does not compare the tree with the root hash, so the script reads the first
@@ -43,6 +44,8 @@ INIT_BOTTOM_PATH = "/etc/initramfs-tools/scripts/init-bottom/snpguard-verity"
 TOOLS_DIR = "/usr/lib/snpguard/bin"
 #: The measured command-line parameters (their values are checked by the local-top script).
 ROOT_HASH, DATA_DEVICE, HASH_OFFSET = "snpguard.verity.roothash", "snpguard.verity.data", "snpguard.verity.hashoffset"
+#: Optional: how long (whole seconds, default 60) to wait for the data partition to appear.
+WAIT = "snpguard.verity.wait"
 WRITABLE_COPIES = ("var", "home", "root")
 REPORT_DIR = "/usr/lib/snpguard/report"
 REPORT_ENTRY = "plugins/module_utils/agent/boot_report.py"
@@ -104,12 +107,13 @@ stop() {
 }
 
 [ -b /dev/mapper/root ] && exit 0
-roothash= data= offset=
+roothash= data= offset= wait=60
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     @ROOT_HASH@=*) roothash=${arg#*=} ;;
     @DATA_DEVICE@=PARTUUID=*) data=${arg#*=PARTUUID=} ;;
     @HASH_OFFSET@=*) offset=${arg#*=} ;;
+    @WAIT@=*) wait=${arg#*=} ;;
     esac
 done
 case "$roothash" in
@@ -122,14 +126,17 @@ esac
 case "$offset" in
 *[!0-9]* | "") stop "no valid @HASH_OFFSET@= on the kernel command line" ;;
 esac
+case "$wait" in
+*[!0-9]* | "") stop "@WAIT@= must be whole seconds" ;;
+esac
 modprobe -q dm_verity 2>/dev/null || true
 device=/dev/disk/by-partuuid/$data
 tries=0
-while [ ! -b "$device" ] && [ "$tries" -lt 600 ]; do
+while [ ! -b "$device" ] && [ "$tries" -lt $((wait * 10)) ]; do
     sleep 0.1
     tries=$((tries + 1))
 done
-[ -b "$device" ] || stop "the root partition PARTUUID=$data did not appear"
+[ -b "$device" ] || stop "the root partition PARTUUID=$data did not appear within $wait s"
 if ! /usr/sbin/veritysetup open --hash-offset="$offset" "$device" root "$device" "$roothash"; then
     stop "veritysetup refused $device with the measured root hash"
 fi
@@ -268,7 +275,7 @@ WantedBy=initrd-root-fs.target
 
 def _fill(template: str) -> str:
     return (fill_common(template).replace("@TOOLS@", TOOLS_DIR).replace("@ROOT_HASH@", ROOT_HASH)
-            .replace("@DATA_DEVICE@", DATA_DEVICE).replace("@HASH_OFFSET@", HASH_OFFSET)
+            .replace("@DATA_DEVICE@", DATA_DEVICE).replace("@HASH_OFFSET@", HASH_OFFSET).replace("@WAIT@", WAIT)
             .replace("@WRITABLE_COPIES@", " ".join(WRITABLE_COPIES)).replace("@DRACUT_SCRIPTS@", DRACUT_SCRIPTS))
 
 

@@ -13,7 +13,8 @@ script, run after the verity one, prints what the running system would see and p
   /root and /tmp are tmpfs, /etc an overlay, and the marker file reads back;
 * every refusal of the local-top script, each on its own boot: a root hash that is not the
   tree's (named: it does not match), a malformed root hash, no data partition parameter, a
-  PARTUUID no disk has — the console names the problem, the VM powers itself off and the
+  PARTUUID no disk has (waited for 5 s, ``snpguard.verity.wait=5``), a wait that is not whole seconds - the
+  console names the problem, the VM powers itself off and the
   marker is never read.
 """
 
@@ -37,6 +38,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import (
     DATA_DEVICE,
     HASH_OFFSET,
     ROOT_HASH,
+    WAIT,
     verity_cmdline,
     verity_scripts,
 )
@@ -76,8 +78,9 @@ class VerityDisk:
     hash_offset: int
     marker: str
 
-    def cmdline(self, *, root_hash: str | None = None, partuuid: str = PARTUUID, drop: str | None = None) -> str:
-        args = verity_cmdline(root_hash or self.root_hash, partuuid, self.hash_offset)
+    def cmdline(self, *, root_hash: str | None = None, partuuid: str = PARTUUID, drop: str | None = None,
+                extra: tuple[str, ...] = ()) -> str:
+        args = verity_cmdline(root_hash or self.root_hash, partuuid, self.hash_offset) + list(extra)
         if drop:
             args = [arg for arg in args if not arg.startswith(drop + "=")]
         return " ".join(["console=ttyS0", "root=/dev/mapper/root", "ro", *args])
@@ -201,7 +204,9 @@ REFUSALS = {
     "malformed-hash": ({"root_hash": "XYZ" + "0" * 61}, f"no valid {ROOT_HASH}="),
     "no-data": ({"drop": DATA_DEVICE}, f"no valid {DATA_DEVICE}=PARTUUID="),
     "no-offset": ({"drop": HASH_OFFSET}, f"no valid {HASH_OFFSET}="),
-    "no-partition": ({"partuuid": "00000000-1111-2222-3333-444444444444"}, "did not appear"),
+    "no-partition": ({"partuuid": "00000000-1111-2222-3333-444444444444", "extra": (f"{WAIT}=5",)},
+                     "did not appear within 5 s"),
+    "bad-wait": ({"extra": (f"{WAIT}=soon",)}, f"{WAIT}= must be whole seconds"),
 }
 
 
