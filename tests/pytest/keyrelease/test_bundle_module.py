@@ -14,9 +14,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from test_client_modules import run_playbook, variables  # noqa: F401  (the module-scoped fixture)
+import pytest
+from servers import ServerProcess
+from test_client_modules import run_playbook
 
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
+
+
+@pytest.fixture(scope="module")
+def variables(server: ServerProcess) -> dict[str, Any]:
+    return {"url": server.base, "ca_file": str(server.data_dir / "tls" / "ca.pem"),
+            "api_token": server.mint_token("bundle-tests")}
+
 
 TASKS = """
     - name: Measure the launch
@@ -112,7 +121,7 @@ TASKS = """
 """
 
 
-def test_bundle_module(variables: dict[str, Any], tmp_path: Path, artifacts: Path) -> None:  # noqa: F811
+def test_bundle_module(variables: dict[str, Any], tmp_path: Path, artifacts: Path) -> None:
     (tmp_path / "volume.key").write_bytes(os.urandom(32))
     values = dict(variables, artifacts=str(artifacts), work=str(tmp_path))
     rc, output, recap = run_playbook(tmp_path, TASKS, values)
