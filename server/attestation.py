@@ -135,6 +135,7 @@ PUBLIC_REASONS = {
     "collateral.busy": "too many certificate fetches from AMD KDS in progress; retry",
     "measurement": "the launch measurement is not registered to any image",
     "image.disabled": "the image is disabled",
+    "image.integrity_only": "the image is integrity-only: it has no volume key to release",
     "image.changed": "the image was changed or removed during the handshake; retry",
     "internal": "internal error while deciding",
 }
@@ -239,6 +240,8 @@ def _cheap_checks(req: Request, session: Any, image: Any, now: int) -> Decision 
         return Decision("measurement", f"measurement {report.measurement.hex()} is not registered to any image")
     if not image.enabled:
         return Decision("image.disabled", f"image {image.name!r} is disabled", image)
+    if image.volume_key_enc is None:
+        return Decision("image.integrity_only", f"image {image.name!r} has no volume key (integrity-only)", image)
     return None
 
 

@@ -117,7 +117,7 @@ def image_out(conn: Connection, row: Any, **flags: Any) -> dict[str, Any]:
         "id_key_digests": spec["id_key_digests"], "author_key_digests": spec["author_key_digests"],
         "generated_id_key_digest": row.id_key_digest, "family_id": spec.get("family_id"),
         "image_id": spec.get("image_id"), "guest_svn": spec.get("guest_svn"), "host_data": spec.get("host_data"),
-        "content_sha256": row.content_sha256, "bundle_sha256": row.bundle_sha256,
+        "integrity_only": row.volume_key_enc is None, "content_sha256": row.content_sha256, "bundle_sha256": row.bundle_sha256,
         "release_count": row.release_count, "refusal_count": row.refusal_count,
         "last_release_at": _ts(row.last_release_at), "created_at": _ts(row.created_at),
         "updated_at": _ts(row.updated_at),
@@ -172,6 +172,8 @@ def _id_blocks(req: ImageCreate, id_key: Any, policy: GuestPolicy) -> dict[int, 
 def register(ctx: ServerContext, req: ImageCreate) -> tuple[int, dict[str, Any]]:
     """POST /v1/images: 201 created, 200 unchanged or replaced, 409 on a conflicting name or measurement."""
     _check_consistency(req)
+    if req.sealed_volume_key is None:  # integrity-only: nothing to release
+        return _register(ctx, req, None)
     sealed = b64decode(req.sealed_volume_key, "sealed_volume_key")
     volume_key = _open_sealed_volume_key(ctx, sealed, req.name)
     try:
@@ -202,7 +204,7 @@ def _open_sealed_volume_key(ctx: ServerContext, sealed: bytes, name: str) -> byt
             wipe(private)
 
 
-def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tuple[int, dict[str, Any]]:
+def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray | None) -> tuple[int, dict[str, Any]]:
     kernel = initrd = prebuilt = None
     digests: dict[str, str] | None = None
     if req.artifacts:
@@ -226,12 +228,15 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
     with read_tx(ctx.engine) as conn:
         existing = conn.execute(select(images).where(images.c.name == req.name)).first()
     if existing is not None:
-        old_key = ctx.keys.open(existing.volume_key_enc, kek.VOLUME_KEY_AAD + existing.id.encode(),
-                                what="volume key")
-        try:
-            same_key = same_secret(old_key, volume_key)
-        finally:
-            wipe(old_key)
+        if existing.volume_key_enc is None or volume_key is None:
+            same_key = existing.volume_key_enc is None and volume_key is None
+        else:
+            old_key = ctx.keys.open(existing.volume_key_enc, kek.VOLUME_KEY_AAD + existing.id.encode(),
+                                    what="volume key")
+            try:
+                same_key = same_secret(old_key, volume_key)
+            finally:
+                wipe(old_key)
         if existing.content_sha256 == content and same_key:
             with read_tx(ctx.engine) as conn:
                 return 200, image_out(conn, existing, created=False, replaced=False)
@@ -271,7 +276,8 @@ def _register(ctx: ServerContext, req: ImageCreate, volume_key: bytearray) -> tu
     if bundle is not None and spec.get("host_data") is None:
         # The binding a launch from this bundle carries (bundle/launch.py): enforced at release, like given host_data.
         spec["host_data"] = bundle_host_data(read_bundle(bundle, max_size=MAX_BUNDLE)).hex()
-    volume_key_enc = kek.seal(kek_now, volume_key, kek.VOLUME_KEY_AAD + image_id.encode())
+    volume_key_enc = None if volume_key is None else kek.seal(kek_now, volume_key,
+                                                              kek.VOLUME_KEY_AAD + image_id.encode())
     now = now_ms()
     values = {
         "name": req.name, "content_sha256": content, "spec": json.dumps(spec, sort_keys=True),

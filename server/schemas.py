@@ -102,7 +102,9 @@ class ImageCreate(Strict):
     image_id: Hex32 | None = None
     guest_svn: int | None = Field(None, ge=0, le=0xFFFFFFFF)
     host_data: Hex64 | None = None
-    sealed_volume_key: B64 = Field(description='HPKE-sealed to the ingestion key, info "snpguard/ingest/v1" ‖ name')
+    sealed_volume_key: B64 | None = Field(None, description='HPKE-sealed to the ingestion key, info '
+                                          '"snpguard/ingest/v1" ‖ name; leave it out for an integrity-only image '
+                                          '(no key to release: its reports are refused, check image.integrity_only)')
     artifacts: Artifacts | None = None
     bundle_b64: B64 | None = Field(None, description="a prebuilt launch bundle (tar.gz) instead of artifacts")
     replace: bool = False
@@ -132,6 +134,7 @@ class ImageOut(BaseModel):
     image_id: str | None
     guest_svn: int | None
     host_data: str | None
+    integrity_only: bool = Field(False, description="registered without a volume key (a verity image)")
     content_sha256: str
     bundle_sha256: str | None
     release_count: int

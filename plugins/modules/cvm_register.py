@@ -74,9 +74,10 @@ options:
       - Every file is checked against the manifest's digests; the image O(name) must be the staged image name (the
         volume key is sealed to it); O(firmware) is required and must have the staged SHA-384.
       - The measurements are computed from these files for each vCPU count of the staged launch facts.
-      - Not together with O(kernel), O(initrd), O(cmdline), O(launch), O(bundle) and O(firmware_sha384); when the
-        directory carries the sealed volume key, not with O(sealed_volume_key), O(sealed_volume_key_file) or
-        O(volume_key_file) either (a verity staging dir has no key, so one of those is needed).
+      - Not together with O(kernel), O(initrd), O(cmdline), O(launch), O(bundle) and O(firmware_sha384), nor with
+        O(sealed_volume_key), O(sealed_volume_key_file) or O(volume_key_file) - a luks staging dir carries the sealed
+        key, and a verity one registers the image integrity-only (no key to release; its launches are attested at run
+        time, and a report asking for a key is refused with the check C(image.integrity_only)).
     type: path
     version_added: 0.2.0
   measurement:

@@ -9,7 +9,8 @@ key), and report ``changed`` truthfully: the server answers an identical registr
 with ``created=false`` and refuses a different one unless ``replace`` is set.
 
 The volume key is never sent in plaintext: the caller gives it sealed to the server's
-ingestion key (``sealed_volume_key``/``sealed_volume_key_file``), or a raw key file that
+ingestion key (``sealed_volume_key``/``sealed_volume_key_file``; none for a verity staging dir: the
+image is registered integrity-only), or a raw key file that
 is sealed in memory just before the request (``volume_key_file``).
 
 With ``staging_dir`` (what a conversion writes, ``image/staging.py``) the boot chain, the
@@ -132,7 +133,10 @@ def load_staged(options: dict[str, Any]) -> Staged:
     if staging.sealed_volume_key and given:
         raise SnpError(f"the staging dir carries the sealed volume key; do not give {', '.join(given)} too",
                        field=given[0])
-    if not staging.sealed_volume_key and not given:
+    if staging.mode == "verity" and given:
+        raise SnpError("a verity image has no volume key (it is registered integrity-only); leave out "
+                       + ", ".join(given), field=given[0])
+    if not staging.sealed_volume_key and not given and staging.mode != "verity":
         raise SnpError(f"the {staging.mode} staging dir carries no sealed volume key: give one of "
                        + ", ".join(KEY_SOURCES), field="sealed_volume_key")
     if options.get("name") != staging.image:
@@ -268,10 +272,14 @@ def build_body(options: dict[str, Any], staged: Staged | None = None) -> dict[st
     return body
 
 
-def sealed_key(client: KeyReleaseClient, options: dict[str, Any], name: str, staged: Staged | None = None) -> str:
-    """The volume key sealed to the server's ingestion key, from whichever source was given."""
+def sealed_key(client: KeyReleaseClient, options: dict[str, Any], name: str,
+               staged: Staged | None = None) -> str | None:
+    """The volume key sealed to the server's ingestion key, from whichever source was given; None for a verity
+    staging dir (an integrity-only image: its launches are attested at run time, nothing is released at boot)."""
     if staged is not None and staged.staging.sealed_volume_key:
         return read_sealed_key_file(staged.staging.sealed_volume_key)
+    if staged is not None and staged.staging.mode == "verity":
+        return None
     given = [k for k in KEY_SOURCES if options.get(k)]
     if len(given) != 1:
         got = f" (got {', '.join(given)})" if given else ""
@@ -330,7 +338,9 @@ def apply(client: KeyReleaseClient, options: dict[str, Any], check_mode: bool = 
                       volume_key_compared=False)
         return result
 
-    body["sealed_volume_key"] = sealed_key(client, options, name, staged)
+    key = sealed_key(client, options, name, staged)
+    if key is not None:
+        body["sealed_volume_key"] = key
     if options.get("replace"):
         body["replace"] = True
     status, image = client.register_image(body)

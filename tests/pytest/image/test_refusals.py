@@ -206,7 +206,7 @@ def test_a_replayed_report_is_refused_on_both_replicas(pipeline: Pipeline, repli
         assert response.status_code == 200 and key is not None, response.text
         for replica in (a, b):
             again = replica.post("/attest/verify", json=body)
-            assert again.status_code == 403 and again.json()["check"] == "session.replayed", again.text
+            assert again.status_code == 403 and again.json()["error"]["check"] == "session.replayed", again.text
 
 
 def test_a_revoked_token_cannot_register(pipeline: Pipeline, replicas: Any) -> None:

@@ -222,18 +222,20 @@ def test_cli_refusals(cli: Cli, staged: Path, expected: dict[str, str], artifact
     assert usage.returncode == 2 and json.loads(usage.stdout)["error"]["field"] == "measurements"
 
 
-def test_cli_verity_staging_dir_takes_a_key_given_here(cli: Cli, artifacts: Path, server: ServerProcess,
-                                                       tmp_path: Path) -> None:
+def test_cli_verity_staging_dir_registers_integrity_only(cli: Cli, artifacts: Path, server: ServerProcess,
+                                                         tmp_path: Path) -> None:
+    """A verity image has no volume key: registered without one, and a key given for it is refused by name."""
     staged = make_staging(tmp_path / "verity", artifacts, server, "debian13-verity", mode="verity")
     firmware = str(artifacts / "OVMF.amdsev.fd")
-    no_key = refusal(cli.register("debian13-verity", "--staging-dir", str(staged), "--firmware", firmware,
-                                  "--json", "--check"))
-    assert no_key["field"] == "sealed_volume_key" and "verity" in no_key["message"]
     key = tmp_path / "volume.key"
     key.write_bytes(os.urandom(32))
-    done = cli.register("debian13-verity", "--staging-dir", str(staged), "--firmware", firmware,
-                        "--volume-key-file", str(key), "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["action"] == "created", done.stderr
+    with_key = refusal(cli.register("debian13-verity", "--staging-dir", str(staged), "--firmware", firmware,
+                                    "--volume-key-file", str(key), "--json", "--check"))
+    assert with_key["field"] == "volume_key_file" and "no volume key" in with_key["message"]
+    done = cli.register("debian13-verity", "--staging-dir", str(staged), "--firmware", firmware, "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["action"] == "created" and result["image"]["integrity_only"] is True
 
 
 # -- the module ------------------------------------------------------------------------------------
