@@ -5,10 +5,23 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 
 from ..snp.errors import SnpError
+
+
+def file_digest(path: str, algorithm: str = "sha256", *, field: str = "path") -> str:
+    """The hex digest of a file, read in 1 MiB chunks; an unreadable file is an error naming ``field``."""
+    digest = hashlib.new(algorithm)
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise SnpError(f"cannot read: {exc.strerror}", field=field, path=path) from exc
+    return digest.hexdigest()
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:

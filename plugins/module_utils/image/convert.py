@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..bundle.launch import LaunchFacts
-from ..common.fileio import create_private
+from ..common.fileio import create_private, file_digest
 from ..common.process import Runner
 from ..keyrelease.protocol import seal_for_ingestion
 from ..snp.errors import SnpError
@@ -136,19 +136,8 @@ class ConvertOptions:
         for transient in ("force_tcg", "package_cache", "volume_key_file"):
             facts.pop(transient)
         facts.update(source_sha256=source_sha256, payload_sha256=payload_sha256,
-                     firmware_sha384=sha_file(self.firmware, hashlib.sha384))
+                     firmware_sha384=file_digest(self.firmware, "sha384", field="firmware"))
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
-
-
-def sha_file(path: str, kind: Any = hashlib.sha256) -> str:
-    digest = kind()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(4 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise SnpError(f"cannot read: {exc.strerror}", path=path) from exc
-    return digest.hexdigest()
 
 
 def packages_for(facts: ImageFacts, mode: str) -> list[str]:
@@ -250,7 +239,7 @@ def up_to_date(options: ConvertOptions, source_sha256: str, payload_sha256: str)
         return None
     if current.options_digest != options.digest(source_sha256, payload_sha256):
         return None
-    if current.output.get("sha256") != sha_file(options.output):
+    if current.output.get("sha256") != file_digest(options.output, field="output"):
         return None
     return current
 
@@ -260,7 +249,7 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
     say = progress or (lambda text: None)
     options.validate()
     say(f"hashing the stock image {options.source}")
-    source_sha256 = sha_file(options.source)
+    source_sha256 = file_digest(options.source, field="source")
     # The payload's digest does not depend on the LUKS UUID's value: use a fixed one to decide.
     probe = _payload(options, "00000000-0000-0000-0000-000000000000")
     payload_sha256 = payload_digest(probe)
@@ -334,14 +323,14 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
             with open(os.path.join(staging_tmp, stg.SEALED_KEY), "w", encoding="ascii") as handle:
                 handle.write(base64.b64encode(sealed).decode() + "\n")
         say(f"hashing the new image {options.output}")
-        output_sha256 = sha_file(output_tmp)
+        output_sha256 = file_digest(output_tmp, field="output")
         record = stg.Staging(
             directory=staging_tmp, image=options.name, mode=options.mode, kernel_version=kernel.version,
-            cmdline=cmdline, firmware_sha384=sha_file(options.firmware, hashlib.sha384),
+            cmdline=cmdline, firmware_sha384=file_digest(options.firmware, "sha384", field="firmware"),
             launch=LaunchFacts(vcpus=sorted(options.vcpus), vcpu_type=options.vcpu_type, policy=options.policy,
                                guest_features=options.guest_features),
-            kernel_sha256=sha_file(os.path.join(staging_tmp, stg.KERNEL)),
-            initrd_sha256=sha_file(os.path.join(staging_tmp, stg.INITRD)),
+            kernel_sha256=file_digest(os.path.join(staging_tmp, stg.KERNEL), field="kernel"),
+            initrd_sha256=file_digest(os.path.join(staging_tmp, stg.INITRD), field="initrd"),
             sealed_volume_key=stg.SEALED_KEY if options.ingestion_public_key is not None else None,
             verity=result.verity or None,
             source={"path": os.path.abspath(options.source), "sha256": source_sha256},

@@ -37,7 +37,6 @@ conversion is refused naming the file, before anything is measured or registered
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bundle.launch import LaunchFacts, parse_launch
+from ..common.fileio import file_digest
 from ..snp.errors import SnpError
 
 FORMAT = "snpguard-staging/1"
@@ -82,17 +82,6 @@ class Staging:
     @property
     def initrd(self) -> str:
         return os.path.join(self.directory, INITRD)
-
-
-def sha256_of(path: str, field_name: str) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise SnpError(f"cannot read: {exc.strerror}", field=field_name, path=path) from exc
-    return digest.hexdigest()
 
 
 def manifest_for(staging: Staging) -> dict[str, Any]:
@@ -170,7 +159,7 @@ def read_staging(directory: str) -> Staging:
         if entry.get("file") != name:
             raise SnpError(f"must be {name!r}", field=f"manifest.files.{role}.file")
         expected = _hex(entry.get("sha256"), 32, f"manifest.files.{role}.sha256")
-        actual = sha256_of(os.path.join(directory, name), role)
+        actual = file_digest(os.path.join(directory, name), "sha256", field=role)
         if actual != expected:
             raise SnpError(f"{name} changed after conversion (SHA-256 {actual}, manifest {expected})",
                            field=role, path=os.path.join(directory, name))

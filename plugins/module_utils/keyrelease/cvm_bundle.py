@@ -11,29 +11,13 @@ secret (kernel, initrd, command line, launch facts, ID blocks), so it is written
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
-from ..common.fileio import atomic_write
+from ..common.fileio import atomic_write, file_digest
 from ..snp.errors import SnpError
 from .admin_client import image_facts
 from .module_args import client_from_params
-
-
-def file_sha256(path: str) -> str | None:
-    """The SHA-256 of ``path`` (hex), or None when it is not a file."""
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise SnpError(f"cannot read: {exc.strerror}", field="dest", path=path) from exc
-    return digest.hexdigest()
-
 
 #: Registration policy keys that are guest-policy flags for the verifiers (the rest have options of their own).
 POLICY_FLAGS = ("smt", "single_socket", "migrate_ma", "cxl_allow")
@@ -62,7 +46,7 @@ def apply(params: dict[str, Any], *, check_mode: bool = False) -> dict[str, Any]
               "enabled": bool(image.get("enabled", True)), "measurements": facts["measurements"],
               "policy": facts["policy"], "min_tcb": facts["min_tcb"], "host_data": facts["host_data"],
               "expect": expectations(facts)}
-    have = file_sha256(dest)
+    have = file_digest(dest, field="dest") if os.path.isfile(dest) else None
     if have == want:
         return dict(result, changed=False)
     diff = {"before": {"sha256": have}, "after": {"sha256": want}}

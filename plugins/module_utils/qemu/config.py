@@ -18,6 +18,7 @@ from typing import Any
 
 from ..bundle.archive import read_bundle
 from ..bundle.launch import bundle_host_data, parse_launch
+from ..common.fileio import file_digest
 from ..snp.errors import SnpError
 from ..snp.options import parse_hex, parse_int
 from ..snp.policy import DEFAULT_POLICY, parse_policy
@@ -121,20 +122,11 @@ class VmConfig:
 
 
 def _sha256_file(path: str | None) -> str | None:
-    if path is None:
-        return None
-    return _hash_file(path, hashlib.sha256())
+    return None if path is None else file_digest(path, "sha256", field="kernel")
 
 
 def _sha384_file(path: str) -> str:
-    return _hash_file(path, hashlib.sha384())
-
-
-def _hash_file(path: str, digest: Any) -> str:
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return str(digest.hexdigest())
+    return file_digest(path, "sha384", field="firmware")
 
 
 def from_bundle(bundle_path: str, *, name: str, state_dir: str, firmware: str, vcpus: int | None = None,
