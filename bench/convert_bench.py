@@ -39,7 +39,7 @@ os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
 os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
 
 from ansible_collections.snpguard.cvm.cli.process import run
-from ansible_collections.snpguard.cvm.plugins.module_utils.image.appliance import appliance, shell
+from ansible_collections.snpguard.cvm.plugins.module_utils.image.appliance import appliance, kernel_devices, shell
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.cvm_image import apply
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.inspect import inspect_image
 
@@ -85,12 +85,13 @@ def baseline(source: Path, work: Path) -> float:
     started = time.monotonic()
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(copy)], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "target.qcow2"), "4G"], check=True)
-    with appliance([(str(copy), "qcow2", True), (str(work / "target.qcow2"), "qcow2", False)],
+    with appliance([(str(copy), "qcow2", True, "source"), (str(work / "target.qcow2"), "qcow2", False, "target")],
                    force_tcg=True) as g:
-        root = inspect_image(g).root.device
+        root = inspect_image(g).root.number
+        src, dst = kernel_devices(g, "source", "target")  # what the shell calls them (the converter does the same)
         shell(g, "full copy", "\n".join([
-            "mkdir -p /tmp/src /tmp/dst", "udevadm settle", f"mount -o ro {root} /tmp/src",
-            "mkfs.ext4 -q /dev/sdb", "udevadm settle", "mount /dev/sdb /tmp/dst", "cp -a /tmp/src/. /tmp/dst/",
+            "mkdir -p /tmp/src /tmp/dst", "udevadm settle", f"mount -o ro {src}{root} /tmp/src",
+            f"mkfs.ext4 -q {dst}", "udevadm settle", f"mount {dst} /tmp/dst", "cp -a /tmp/src/. /tmp/dst/",
             "sync", "umount /tmp/src /tmp/dst"]))
     seconds = time.monotonic() - started
     copy.unlink()

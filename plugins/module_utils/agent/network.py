@@ -66,10 +66,9 @@ class ShellSyntaxError(ValueError):
     """A line that only a shell could interpret."""
 
 
-def parse_assignments(text: str) -> tuple[dict[str, str], list[str]]:
-    """``KEY=value`` lines → (values, problems).  Comments and blank lines are skipped."""
-    values: dict[str, str] = {}
-    problems: list[str] = []
+def _key_value_lines(text: str, problems: list[str]) -> list[tuple[int, str, str]]:
+    """(line number, KEY, raw value) of each ``KEY=value`` line; comments and blank lines skipped, others named."""
+    out = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -80,6 +79,15 @@ def parse_assignments(text: str) -> tuple[dict[str, str], list[str]]:
         if not sep or not _KEY_RE.match(key):
             problems.append(f"line {number}: not KEY=value")
             continue
+        out.append((number, key, rest))
+    return out
+
+
+def parse_assignments(text: str) -> tuple[dict[str, str], list[str]]:
+    """``KEY=value`` lines with shell quoting (never evaluated) → (values, problems)."""
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    for number, key, rest in _key_value_lines(text, problems):
         try:
             values[key] = shell_word(rest)
         except ShellSyntaxError as exc:
@@ -146,17 +154,8 @@ def parse_net_conf(text: str, source: str = "") -> tuple[Lease | None, list[str]
 
 def parse_networkd_lease(text: str, device: str, source: str = "") -> tuple[Lease | None, list[str]]:
     """One systemd-networkd DHCPv4 lease (``ADDRESS=``, ``NETMASK=``, ``ROUTER=``, ``DNS=``...), values as written."""
-    values: dict[str, str] = {}
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, sep, value = stripped.partition("=")
-        if not sep or not _KEY_RE.match(key):
-            problems.append(f"line {number}: not KEY=value")
-            continue
-        values[key] = value
+    values = {key: value for _number, key, value in _key_value_lines(text, problems)}
     if not values.get("ADDRESS"):
         return None, [*problems, "no ADDRESS"]
     return Lease(device=device, proto="dhcp", address=values["ADDRESS"], netmask=values.get("NETMASK", ""),

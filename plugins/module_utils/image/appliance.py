@@ -46,9 +46,9 @@ def appliance(drives: Sequence[tuple[str, str, bool] | tuple[str, str, bool, str
               smp: int = 2, force_tcg: bool = False) -> Iterator[Any]:
     """A launched appliance with ``drives`` = (path, format, readonly[, label]) as /dev/sda, /dev/sdb, ...
 
-    With more than one drive, give each a label and find its device with ``disk_devices``: the
-    appliance kernel may name the disks in another order than they were added (seen: the new, empty
-    image as /dev/sda), and libguestfs translates names only in its own API calls, not in a shell.
+    Give each drive a label when shell steps name devices: ``kernel_devices`` finds what the
+    appliance's kernel calls them (not always the order added), ``disk_devices`` what libguestfs'
+    API calls them.
     ``force_tcg`` for hosts whose /dev/kvm does not work (nested virtualisation):
     libguestfs then emulates the appliance's CPU.
     """
@@ -79,13 +79,30 @@ def appliance(drives: Sequence[tuple[str, str, bool] | tuple[str, str, bool, str
 
 
 def disk_devices(handle: Any, *labels: str) -> list[str]:
-    """The kernel's device for each drive label (``/dev/sdX``), as the appliance's udev named it."""
+    """libguestfs' API name of each labelled drive (``/dev/sdX`` in the order added): for API calls only."""
     found = call("disk labels", handle.list_disk_labels)
     missing = [label for label in labels if label not in found]
     if missing:
         raise ApplianceError(f"no disk labelled {', '.join(missing)} in the appliance (it has {sorted(found)})",
                              field="appliance")
     return [found[label] for label in labels]
+
+
+def kernel_devices(handle: Any, *labels: str) -> list[str]:
+    """The appliance kernel's device of each labelled drive: for shell steps.
+
+    The kernel scans the disks asynchronously, so its names need not follow the order they were
+    added (seen: the new, empty image as /dev/sda and the source as /dev/sdc, the appliance's own
+    disk in between). libguestfs translates its API's names; a shell gets the kernel's, which
+    udev's ``/dev/disk/guestfs/LABEL`` links give.
+    """
+    out = []
+    for label in labels:
+        device = shell(handle, f"find the disk labelled {label}", f"readlink -f /dev/disk/guestfs/{label}").strip()
+        if not device.startswith("/dev/") or device.startswith("/dev/disk/"):
+            raise ApplianceError(f"no disk labelled {label} in the appliance (got {device!r})", field="appliance")
+        out.append(device)
+    return out
 
 
 def call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -50,7 +50,7 @@ from ..keyrelease.protocol import seal_for_ingestion
 from ..snp.errors import SnpError
 from ..snp.policy import parse_policy
 from . import staging as stg
-from .appliance import appliance, call, disk_devices, shell
+from .appliance import appliance, call, disk_devices, kernel_devices, shell
 from .inspect import ImageFacts, Kernel, inspect_image, select_kernel
 from .packages import fetch_debs
 
@@ -361,7 +361,9 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
     root_number = facts.root.number
     with appliance([(options.source, "qcow2", True, "source"), (output_tmp, "qcow2", False, "target")],
                    force_tcg=options.force_tcg) as handle:
-        src, dst = disk_devices(handle, "source", "target")
+        # Shell steps name the kernel's devices; API calls libguestfs' own names (they differ at times).
+        src, dst = kernel_devices(handle, "source", "target")
+        api_dst = disk_devices(handle, "target")[0]
         src_root, dst_root = f"{src}{root_number}", f"{dst}{root_number}"
         say("partitioning the new image like the stock one")
         start = facts.root.start // 512
@@ -411,11 +413,12 @@ def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: lis
         if removed.strip():
             say(f"removed SSH host keys copied from the stock image: {' '.join(removed.split())}")
         shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
-        call("mount the new root", handle.mount, fs_device, "/")
+        call("mount the new root", handle.mount,
+             fs_device if options.mode == "luks" else f"{api_dst}{root_number}", "/")
         esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
                    None)
         if esp is not None and handle.is_dir("/boot/efi"):
-            call("mount the ESP", handle.mount, f"{dst}{esp.number}", "/boot/efi")
+            call("mount the ESP", handle.mount, f"{api_dst}{esp.number}", "/boot/efi")
         if debs:
             say(f"installing {len(debs)} packages offline: {', '.join(os.path.basename(d) for d in debs)}")
             call("package dir", handle.mkdir_p, "/var/cache/snpguard-debs")

@@ -125,11 +125,12 @@ def inspected(conversion: Conversion, volume_key: bytes, cloud_image: CloudImage
     version = stg.read_staging(str(conversion.staging)).kernel_version
     g = guestfs.GuestFS(python_return_dict=True)
     try:
-        g.add_drive_opts(str(conversion.output), format="qcow2", readonly=True)
+        g.add_drive_opts(str(conversion.output), format="qcow2", readonly=True, label="image")
         g.launch()
-        device = f"/dev/sda{root_part}"
-        dump = shell(g, "luksDump", f"cryptsetup luksDump {device}")  # the appliance's shell: nothing mounted
-        uuid = shell(g, "luksUUID", f"cryptsetup luksUUID {device}").splitlines()[-1].strip()
+        device = f"/dev/sda{root_part}"  # libguestfs' name (API calls); a shell gets the kernel's through the label
+        shell_device = f"/dev/disk/guestfs/image{root_part}"
+        dump = shell(g, "luksDump", f"cryptsetup luksDump {shell_device}")  # the appliance's shell: nothing mounted
+        uuid = shell(g, "luksUUID", f"cryptsetup luksUUID {shell_device}").splitlines()[-1].strip()
         g.cryptsetup_open(device, volume_key.decode("ascii"), "root", readonly=True)
         g.mount_ro("/dev/mapper/root", "/")
         config = json.loads(g.cat("/etc/snpguard/agent.json")) if g.is_file("/etc/snpguard/agent.json") else {}

@@ -76,16 +76,19 @@ def inspected(converted: Converted, tmp_path_factory: pytest.TempPathFactory) ->
                     str(flipped)], check=True)
     g = guestfs.GuestFS(python_return_dict=True)
     try:
-        g.add_drive_opts(str(flipped), format="qcow2", readonly=False)
+        g.add_drive_opts(str(flipped), format="qcow2", readonly=False, label="image")
         g.launch()
-        dump = shell(g, "verity dump", f"veritysetup dump --hash-offset={verity['hash_offset']} {device}")
+        # libguestfs' name for API calls; a shell gets the kernel's through the label (they differ at times).
+        shell_device = f"/dev/disk/guestfs/image{verity['device_partition']}"
+        dump = shell(g, "verity dump", f"veritysetup dump --hash-offset={verity['hash_offset']} {shell_device}")
         verify_rc = int(shell(g, "verity verify", f"veritysetup verify --hash-offset={verity['hash_offset']} "
-                              f"{device} {device} {verity['root_hash']} >/dev/null 2>&1 && echo 0 || echo $?"))
+                              f"{shell_device} {shell_device} {verity['root_hash']} >/dev/null 2>&1 "
+                              "&& echo 0 || echo $?"))
         g.mount_ro(device, "/")  # the file system starts at the partition's first byte
         version = converted.result["kernel_version"]
         facts = (g.cat("/etc/fstab"), g.glob_expand("/etc/ssh/ssh_host_*"),
                  set(g.command_lines(["lsinitramfs", f"/boot/initrd.img-{version}"])))
-        block = int(shell(g, "bmap", f"debugfs -R 'bmap {FLIPPED_FILE} 0' {device} 2>/dev/null").split()[-1])
+        block = int(shell(g, "bmap", f"debugfs -R 'bmap {FLIPPED_FILE} 0' {shell_device} 2>/dev/null").split()[-1])
         g.umount_all()
         byte = g.pread_device(device, 1, block * 4096 + 100)
         g.pwrite_device(device, bytes([byte[0] ^ 0xFF]), block * 4096 + 100)
