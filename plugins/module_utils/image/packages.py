@@ -11,6 +11,7 @@ appliance with ``dpkg -i``.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import re
@@ -98,6 +99,17 @@ def fetch_debs(wanted: list[str], *, codename: str, status: str, work: str, run:
                        field="keyring", path=keyring)
     mirror = (mirror or configured_mirror()).rstrip("/")
     root = os.path.join(work, codename)
+    os.makedirs(root, exist_ok=True)
+    # Two conversions on one host may share the cache (apt's own locking is off: it wants
+    # the system's lock paths): one apt run at a time, each with its own image's status.
+    with open(os.path.join(root, ".lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        return _fetch_locked(missing, root=root, codename=codename, status=status, run=run,
+                             mirror=mirror, keyring=keyring)
+
+
+def _fetch_locked(missing: list[str], *, root: str, codename: str, status: str, run: Runner,
+                  mirror: str, keyring: str) -> list[str]:
     archives = os.path.join(root, "cache", "archives")
     for sub in ("etc/preferences.d", "lists/partial", "cache/archives/partial"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)

@@ -268,3 +268,49 @@ def test_a_stock_table_that_is_not_what_inspection_saw_is_refused(table: str, ro
 def test_the_new_partition_table_names_the_target_disk() -> None:
     lines = gpt_script(STOCK_TABLE, 1, 262144, 6422527, "/dev/sda").splitlines()
     assert [line.split(" : ")[0] for line in lines if " : " in line] == ["/dev/sda1", "/dev/sda14", "/dev/sda15"]
+
+
+def test_two_fetches_into_one_package_cache_take_turns(tmp_path: Path) -> None:
+    """Two builders on one host share the cache: apt never runs twice at once there (the CI race)."""
+    import threading
+    import time
+
+    from ansible_collections.snpguard.cvm.plugins.module_utils.image.packages import fetch_debs
+
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    running, overlaps, seen = [0], [], []
+    guard = threading.Lock()
+
+    def run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        with guard:
+            running[0] += 1
+            overlaps.append(running[0] > 1)
+        status = next(a.split("=", 1)[1] for a in argv if a.startswith("-oDir::State::Status="))
+        seen.append(Path(status).read_text())
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+        if "-s" in argv:
+            name = argv[-1]
+            archives = tmp_path / "debs" / "trixie" / "cache" / "archives"
+            (archives / f"{name}_1.0_amd64.deb").write_bytes(b"!<arch>\n")
+            return 0, f"Inst {name} (1.0 Debian:13/trixie [amd64])\n", ""
+        return 0, "", ""
+
+    results: dict[str, list[str]] = {}
+
+    def fetch(name: str) -> None:
+        results[name] = fetch_debs([name], codename="trixie", status=f"Package: other-{name}\n",
+                                   work=str(tmp_path / "debs"), run=run, mirror="http://mirror.invalid/debian",
+                                   keyring=str(keyring))
+
+    threads = [threading.Thread(target=fetch, args=(name,)) for name in ("alpha", "beta")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 6 and not any(overlaps)
+    assert seen[:3] in ([f"Package: other-{n}\n"] * 3 for n in ("alpha", "beta"))
+    assert [Path(p).name for p in results["alpha"]] == ["alpha_1.0_amd64.deb"]
+    assert [Path(p).name for p in results["beta"]] == ["beta_1.0_amd64.deb"]
