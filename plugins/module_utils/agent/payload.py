@@ -122,13 +122,14 @@ def agent_modules(root: str = COLLECTION_ROOT, entry: str = ENTRY) -> list[str]:
         for target in _relative_imports(tree, rel, root):
             if target not in seen:
                 todo.append(target)
+    # Every package on the way gets an (empty, see read_collection_file) __init__.py, whether the
+    # tree has one or not: AnsiballZ adds plugins/__init__.py, a checkout has none, and the
+    # payload - so a conversion's digest - must not depend on how the collection was loaded.
     files = set(seen)
     for rel in seen:
         parts = rel.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
-            init = "/".join(parts[:depth]) + "/__init__.py"
-            if _exists(root, init):
-                files.add(init)
+            files.add("/".join(parts[:depth]) + "/__init__.py")
     return sorted(files)
 
 
@@ -230,6 +231,9 @@ def _fill(template: str, config: AgentConfig) -> str:
 
 
 def read_collection_file(rel: str) -> bytes:
+    """A module of the agent's closure; a package's ``__init__.py`` is empty (only docstrings live there)."""
+    if os.path.basename(rel) == "__init__.py":
+        return b""
     data = collection_source(rel)
     if data is None:
         raise SnpError(f"cannot read the agent's module {rel}", field="agent", path=os.path.join(COLLECTION_ROOT, rel))

@@ -269,3 +269,34 @@ def test_a_missing_pinned_ca_is_a_configuration_failure(tmp_path: Path, capsys: 
     config = replace(GOOD, ca_file=str(tmp_path / "absent.pem"))
     assert agent_main.release_key(config, lambda data: (b"", None)) == (agent_main.EXIT_CONFIG, None)
     assert "ca_file" in capsys.readouterr().err
+
+
+def test_the_payload_is_the_same_from_a_checkout_and_from_ansiballz(tmp_path: Path) -> None:
+    """Packed as AnsiballZ packs a module (a zip, with the empty package __init__.py files it adds - a checkout
+    has no plugins/__init__.py), the agent's files are byte for byte those of the checkout: else a module's
+    conversion and the CLI's would never agree that an image is up to date."""
+    import hashlib
+    import subprocess
+    import sys
+    import zipfile
+
+    from ansible_collections.snpguard.cvm.plugins.module_utils.agent import payload
+
+    root = Path(payload.COLLECTION_ROOT)
+    packed = tmp_path / "ansiballz.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        for package in ("ansible_collections", "ansible_collections/snpguard", "ansible_collections/snpguard/cvm",
+                        "ansible_collections/snpguard/cvm/plugins"):
+            archive.writestr(f"{package}/__init__.py", b"")
+        for path in sorted((root / "plugins" / "module_utils").rglob("*.py")):
+            archive.write(path, f"ansible_collections/snpguard/cvm/{path.relative_to(root)}")
+    program = ("import hashlib, json\n"
+               "from ansible_collections.snpguard.cvm.plugins.module_utils.agent import payload\n"
+               "assert '.zip' in payload.COLLECTION_ROOT, payload.COLLECTION_ROOT\n"
+               "print(json.dumps({rel: hashlib.sha256(payload.read_collection_file(rel)).hexdigest()\n"
+               "                  for rel in payload.agent_modules()}))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path[:0] = [{str(packed)!r}]\n{program}"],
+                         capture_output=True, text=True, check=True).stdout
+    here = {rel: hashlib.sha256(payload.read_collection_file(rel)).hexdigest() for rel in payload.agent_modules()}
+    assert json.loads(out) == here
+    assert "plugins/__init__.py" in here and "plugins/module_utils/agent/main.py" in here
