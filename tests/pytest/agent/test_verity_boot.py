@@ -127,12 +127,23 @@ class VerityInitrd:
     variant: str
 
 
+#: One initrd per variant for the session: pytest sets an indirectly parametrized fixture up again
+#: whenever the next test's parameter differs, and a build is a root copy plus a generator run.
+_INITRDS: dict[str, VerityInitrd] = {}
+
+
 @pytest.fixture(scope="module", params=agent_root.VARIANTS)
 def verity_initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
     """Debian 13's kernel and an initrd made by the root's own generator (mkinitramfs or dracut) with the
     verity scripts as the converter installs them."""
     need_root()
     variant = request.param
+    if variant not in _INITRDS:
+        _INITRDS[variant] = _build_initrd(variant, tmp_path_factory)
+    return _INITRDS[variant]
+
+
+def _build_initrd(variant: str, tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
     seconds: dict[str, float] = {}
     t = time.monotonic()
     cached = agent_root.build(variant)
