@@ -228,6 +228,11 @@ def test_no_ssh_host_keys_are_copied_into_the_confidential_image(inspected: Insp
 
 def test_a_rerun_with_the_same_input_changes_nothing(conversion: Conversion) -> None:
     before = conversion.output.stat().st_mtime_ns, (conversion.staging / stg.MANIFEST).read_bytes()
+    # Planned first: a rerun that would convert again must not replace the registered image the
+    # other tests boot (its initrd names the LUKS UUID the server's measurement vouches for).
+    planned = conversion.rerun("--check")
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["changed"] is False, json.loads(planned.stdout).get("plan")
     again = conversion.rerun()
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False, again.stderr[-3000:]  # the module's conversion, to the CLI
