@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +28,10 @@ from typing import Any
 from ..snp.errors import SnpError
 
 OK_MARK = "SNPGUARD-STEP-OK"
+#: An emulated appliance boots in 0.5-3 min here, even with every core busy; one that has not come up
+#: in 10 (seen in CI: launch() waited on an appliance that never connected) is killed and started again.
+LAUNCH_TIMEOUT = 600.0
+LAUNCH_TRIES = 2
 
 
 class ApplianceError(SnpError):
@@ -43,39 +49,100 @@ def load_guestfs() -> Any:
 
 @contextmanager
 def appliance(drives: Sequence[tuple[str, str, bool] | tuple[str, str, bool, str]], *, memsize: int = 2048,
-              smp: int = 2, force_tcg: bool = False) -> Iterator[Any]:
+              smp: int = 2, force_tcg: bool = False, launch_timeout: float = LAUNCH_TIMEOUT) -> Iterator[Any]:
     """A launched appliance with ``drives`` = (path, format, readonly[, label]) as /dev/sda, /dev/sdb, ...
 
     Give each drive a label when shell steps name devices: ``kernel_devices`` finds what the
     appliance's kernel calls them (not always the order added), ``disk_devices`` what libguestfs'
     API calls them.
     ``force_tcg`` for hosts whose /dev/kvm does not work (nested virtualisation):
-    libguestfs then emulates the appliance's CPU.
+    libguestfs then emulates the appliance's CPU.  An appliance that does not come up within
+    ``launch_timeout`` s is killed and launched once more.
     """
     guestfs = load_guestfs()
     if force_tcg:
         settings = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "")
         if "force_tcg" not in settings.split(":"):
             os.environ["LIBGUESTFS_BACKEND_SETTINGS"] = ":".join(s for s in (settings, "force_tcg") if s)
-    handle = guestfs.GuestFS(python_return_dict=True)
+    for attempt in range(1, LAUNCH_TRIES + 1):
+        handle = guestfs.GuestFS(python_return_dict=True)
+        try:
+            handle.set_memsize(memsize)
+            handle.set_smp(smp)
+            for path, disk_format, readonly, *label in drives:
+                handle.add_drive_opts(path, format=disk_format, readonly=readonly,
+                                      **({"label": label[0]} if label else {}))
+            try:
+                hung = _launch(handle, launch_timeout)
+            except RuntimeError as exc:
+                raise ApplianceError(f"libguestfs could not start its appliance: {exc} (libguestfs-test-tool "
+                                     "diagnoses this; on hosts without working KVM set force_tcg)",
+                                     field="appliance") from exc
+            if hung:
+                if attempt < LAUNCH_TRIES:
+                    continue
+                raise ApplianceError(f"libguestfs' appliance did not come up within {launch_timeout:.0f} s, "
+                                     f"{LAUNCH_TRIES} times (libguestfs-test-tool diagnoses this)", field="appliance")
+            yield handle
+            try:
+                handle.shutdown()
+            except RuntimeError as exc:
+                raise ApplianceError(f"libguestfs could not close the image cleanly: {exc}",
+                                     field="appliance") from exc
+            return
+        finally:
+            handle.close()
+
+
+def _launch(handle: Any, timeout: float) -> bool:
+    """``handle.launch()``; True when the appliance hung and was killed (launch then fails: start again).
+
+    libguestfs waits for its appliance without a deadline. The hypervisor is a child of this
+    process: after ``timeout`` s a watchdog kills the QEMU children that this launch started.
+    """
+    before = _qemu_children()
+    done, killed = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        if done.wait(timeout):
+            return
+        for pid in _qemu_children() - before:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.set()
+            except ProcessLookupError:
+                pass
+
+    watchdog = threading.Thread(target=watch, name="appliance-launch-watchdog", daemon=True)
+    watchdog.start()
     try:
-        handle.set_memsize(memsize)
-        handle.set_smp(smp)
-        for path, disk_format, readonly, *label in drives:
-            handle.add_drive_opts(path, format=disk_format, readonly=readonly, **({"label": label[0]} if label else {}))
-        try:
-            handle.launch()
-        except RuntimeError as exc:
-            raise ApplianceError(f"libguestfs could not start its appliance: {exc} (libguestfs-test-tool "
-                                 "diagnoses this; on hosts without working KVM set force_tcg)",
-                                 field="appliance") from exc
-        yield handle
-        try:
-            handle.shutdown()
-        except RuntimeError as exc:
-            raise ApplianceError(f"libguestfs could not close the image cleanly: {exc}", field="appliance") from exc
+        handle.launch()
+    except RuntimeError:
+        if killed.is_set():
+            return True
+        raise
     finally:
-        handle.close()
+        done.set()
+        watchdog.join()
+    return False
+
+
+def _qemu_children() -> set[int]:
+    """PIDs of this process's children whose program is QEMU."""
+    me, found = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1:stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields and fields[1] == str(me) and comm.startswith("qemu"):
+            found.add(int(entry))
+    return found
 
 
 def disk_devices(handle: Any, *labels: str) -> list[str]:
