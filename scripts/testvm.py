@@ -399,7 +399,7 @@ def start(state: Path, forwards: list[tuple[int, int]], ssh_port: int, cpus: int
         "-machine",
         "q35",
         "-cpu",
-        "max",
+        "max,la57=off",  # five-level paging under TCG: occasional guest panics (libguestfs turns it off too)
         "-smp",
         str(cpus),
         "-m",

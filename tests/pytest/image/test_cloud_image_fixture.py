@@ -176,7 +176,7 @@ def test_boots_to_multi_user_with_plain_ovmf(image: CloudImage, artifacts: Path,
                    check=True)
     console = tmp_path / "serial.log"
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "1024",
+        "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max,la57=off", "-smp", "2", "-m", "1024",
         "-bios", str(artifacts / "OVMF.fd"),
         "-drive", f"file={overlay},if=virtio,format=qcow2",
         "-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0",
