@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,12 @@ def test_a_verity_vm_passes_the_attest_gate_and_gets_the_secret_and_the_gate_fai
     secret = "/run/snpguard/secret"
     try:
         pipeline.must("boot.yml", "--forks", "2", "--limit", "verity-1,verity-2", stage="boot_2_verity_vms")
-        # The root read-only through dm-verity, the writable layers, sshd with a key made at this boot.
+        # The root read-only through dm-verity, the writable layers, sshd with a key made at this boot. boot.yml
+        # returns once sshd answers; the boot report's unit runs after ssh.service, so wait for its line.
+        deadline = time.monotonic() + 600
+        while "snpguard-boot-report: report " not in console(pipeline.serial("verity-1")) \
+                and time.monotonic() < deadline:
+            time.sleep(2)
         text = console(pipeline.serial("verity-1"))
         assert "opened as /dev/mapper/root (dm-verity" in text, text[-4000:]
         assert "snpguard-verity: root /dev/mapper/root mounted ro" in text and "/etc an overlay" in text
