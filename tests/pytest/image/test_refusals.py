@@ -82,8 +82,15 @@ def launch(pipeline: Pipeline, bundle: Path, work: Path, name: str, replica_port
 def boot_all(configs: dict[str, VmConfig], sim_dir: Path) -> dict[str, str]:
     """Launch every config at once; each console once its agent is refused or released (or the VM is gone)."""
     out: dict[str, str] = {}
+    errors: dict[str, BaseException] = {}
 
     def one(name: str, config: VmConfig) -> None:
+        try:
+            boot_one(name, config)
+        except BaseException as exc:  # raised again in the test's thread below
+            errors[name] = exc
+
+    def boot_one(name: str, config: VmConfig) -> None:
         vm = Vm(config.name, config.state_dir, run)
         serial = Path(config.state_dir) / "serial.log"
         try:
@@ -104,6 +111,8 @@ def boot_all(configs: dict[str, VmConfig], sim_dir: Path) -> dict[str, str]:
         thread.start()
     for thread in threads:
         thread.join()
+    for name, exc in errors.items():
+        raise AssertionError(f"the {name} VM could not be booted: {exc!r}") from exc
     return out
 
 
