@@ -110,6 +110,10 @@ class Pipeline:
                 "pipeline_simulate": True, "pipeline_simulated_amdsp": str(self.simulated_amdsp),
                 "pipeline_report_source": "channel", "pipeline_force_tcg": True,
                 "pipeline_secret": "the pipeline test's secret", "pipeline_vm_wait_timeout": 1200,
+                # The cvms' connection variables name these; outside the role (ad-hoc commands) its defaults
+                # do not exist, so the inventory sets them, as the sample's group_vars do.
+                "pipeline_ssh_user": "debian", "pipeline_ssh_key": str(self.controller_dir / "ssh" / "id_ed25519"),
+                "pipeline_known_hosts": str(self.controller_dir / "known_hosts"),
             }}}
         self.work.mkdir(parents=True, exist_ok=True)
         self.inventory.write_text(json.dumps(inventory, indent=1))  # JSON is YAML

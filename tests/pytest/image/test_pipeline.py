@@ -49,7 +49,9 @@ def test_three_luks_vms_boot_at_once_behind_two_replicas_and_each_gets_its_key_o
     for name, (ssh_port, replica) in vms.items():
         pipeline.add_vm(name, LUKS, ssh_port, replica)
     try:
-        booted = pipeline.must("boot.yml", "--forks", "3", "--limit", ",".join(vms), stage="boot_3_luks_vms")
+        booted = pipeline.run("boot.yml", "--forks", "3", "--limit", ",".join(vms), stage="boot_3_luks_vms")
+        assert booted.returncode == 0, "boot.yml failed:\n" + booted.output[-6000:] + "".join(
+            f"\n--- {name} console, last lines:\n{console(pipeline.serial(name))[-2500:]}" for name in vms)
         for name in vms:
             text = console(pipeline.serial(name))
             agent = [line.strip() for line in text.splitlines() if "snpguard-agent:" in line]

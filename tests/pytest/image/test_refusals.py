@@ -38,9 +38,11 @@ from servers import GUEST_SERVER, Agent
 from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.archive import read_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.bundle.launch import bundle_host_data
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu import simulation
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, VmConfig, from_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.crypto_guard import ec
+from ansible_collections.snpguard.cvm.plugins.module_utils.snp.errors import SnpError
 from ansible_collections.snpguard.cvm.plugins.module_utils.snp.id_block import (
     ID_AUTH_SIZE,
     ID_BLOCK_SIZE,
@@ -139,12 +141,20 @@ def test_changed_launches_are_refused_by_name_and_power_off_locked(
     initrd = tmp_path / "initrd-appended.img"
     initrd.write_bytes(Path(base.initrd).read_bytes() + bytes(4096))
     block, auth = foreign_id_block(base)
+    # Our launcher refuses a boot chain that does not measure what the bundle says, before QEMU starts; a host
+    # that changes the chain does not run that check, so the changed launches below carry no expectation.
+    changed = replace(base, cmdline=base.cmdline + " snpguard.tampered=1", id_block=None, id_auth=None,
+                      author_key_enabled=False)
+    with pytest.raises(SnpError, match="the bundle expects") as refused:
+        simulation.prepare(changed, str(sim_dir), write=False)
+    assert refused.value.field == "measurement"
     cases = {
         "initrd": (replace(launch(pipeline, bundle, tmp_path, "initrd", replicas.a.port), initrd=str(initrd),
-                           id_block=None, id_auth=None, author_key_enabled=False), "measurement"),
+                           id_block=None, id_auth=None, author_key_enabled=False, expected_measurement=None),
+                   "measurement"),
         "cmdline": (replace(launch(pipeline, bundle, tmp_path, "cmdline", replicas.b.port),
                             cmdline=base.cmdline + " snpguard.tampered=1", id_block=None, id_auth=None,
-                            author_key_enabled=False), "measurement"),
+                            author_key_enabled=False, expected_measurement=None), "measurement"),
         "host-data": (replace(launch(pipeline, bundle, tmp_path, "host-data", replicas.a.port),
                               host_data=bytes(32)), "host_data"),
         "id-block": (replace(launch(pipeline, bundle, tmp_path, "id-block", replicas.b.port), id_block=block,
@@ -170,8 +180,9 @@ def test_policy_tcb_and_disabled_are_refused_by_name(
     need_tools()
     stages: dict[str, float] = {}
     try:
-        pipeline.must("register.yml", "-e", "pipeline_id_blocks=false", "-e",
-                      json.dumps({"pipeline_min_tcb": {"snp": 255}}), stage="register_min_tcb")
+        min_tcb = {"bootloader": 0, "tee": 0, "snp": 255, "microcode": 0}  # SNP_TCB 255: no platform has it
+        pipeline.must("register.yml", "-e", "pipeline_id_blocks=false", "-e", json.dumps({"pipeline_min_tcb": min_tcb}),
+                      stage="register_min_tcb")
         bundle = bundle_of(replicas, tmp_path)
         debug = launch(pipeline, bundle, tmp_path, "debug", replicas.a.port)
         assert debug.id_block is None
