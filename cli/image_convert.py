@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from ..plugins.module_utils.image.cvm_image import DEFAULT_FIRMWARE, apply
@@ -70,8 +71,10 @@ def add_convert(actions: Any) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     params = {key: value for key, value in vars(args).items() if key not in ("handler", "json", "check")}
+    started = time.monotonic()
     result = apply(params, run, check_mode=args.check,
-                   progress=lambda line: print(f"convert: {line}", file=sys.stderr, flush=True))
+                   progress=lambda line: print(f"convert: [{time.monotonic() - started:6.1f} s] {line}",
+                                               file=sys.stderr, flush=True))
     if args.json:
         print_json(result)
         return 0

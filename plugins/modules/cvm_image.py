@@ -223,7 +223,7 @@ packages:
   type: list
   elements: str
 steps:
-  description: The progress lines of the conversion.
+  description: The progress lines of the conversion, each after the seconds since it started (C([ 12.3 s] ...)).
   returned: always
   type: list
   elements: str

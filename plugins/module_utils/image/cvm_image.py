@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -57,9 +58,11 @@ def options_from(params: Mapping[str, Any]) -> ConvertOptions:
 def apply(params: Mapping[str, Any], run: Runner, *, check_mode: bool = False,
           progress: Progress | None = None) -> dict[str, Any]:
     steps: list[str] = []
+    started = time.monotonic()
 
     def note(text: str) -> None:
-        steps.append(text)
+        # The seconds since the start: a slow step (packages, the copy, the initrd) shows where the time went.
+        steps.append(f"[{time.monotonic() - started:6.1f} s] {text}")
         if progress:
             progress(text)
 
