@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from test_convert_verity import check_boot_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
 
 pytestmark = pytest.mark.slow
+MULTI_USER = r"Reached target .*[Mm]ulti-[Uu]ser"
 
 
 def releases(replicas: Any, image: str) -> list[dict[str, Any]]:
@@ -53,12 +53,12 @@ def test_three_luks_vms_boot_at_once_behind_two_replicas_and_each_gets_its_key_o
         assert booted.returncode == 0, "boot.yml failed:\n" + booted.output[-6000:] + "".join(
             f"\n--- {name} console, last lines:\n{console(pipeline.serial(name))[-2500:]}" for name in vms)
         for name in vms:
-            text = console(pipeline.serial(name))
+            text = pipeline.wait_console(name, MULTI_USER)
             agent = [line.strip() for line in text.splitlines() if "snpguard-agent:" in line]
             print(f"{name}: " + " | ".join(agent[-3:]))
             assert sum("attested, key released" in line for line in agent) == 1, text[-3000:]
             assert any("opened as /dev/mapper/root; key wiped" in line for line in agent), text[-3000:]
-            assert re.search(r"Reached target .*[Mm]ulti-[Uu]ser", text), text[-3000:]
+            assert re.search(MULTI_USER, text), text[-3000:]
         released = releases(replicas, LUKS)
         assert len(released) - before == 3, released
         assert len({entry["session_id"] for entry in released[:3]}) == 3  # newest first: three handshakes
@@ -86,11 +86,7 @@ def test_a_verity_vm_passes_the_attest_gate_and_gets_the_secret_and_the_gate_fai
         pipeline.must("boot.yml", "--forks", "2", "--limit", "verity-1,verity-2", stage="boot_2_verity_vms")
         # The root read-only through dm-verity, the writable layers, sshd with a key made at this boot. boot.yml
         # returns once sshd answers; the boot report's unit runs after ssh.service, so wait for its line.
-        deadline = time.monotonic() + 600
-        while "snpguard-boot-report: report " not in console(pipeline.serial("verity-1")) \
-                and time.monotonic() < deadline:
-            time.sleep(2)
-        text = console(pipeline.serial("verity-1"))
+        text = pipeline.wait_console("verity-1", "snpguard-boot-report: report ")
         assert "opened as /dev/mapper/root (dm-verity" in text, text[-4000:]
         assert "snpguard-verity: root /dev/mapper/root mounted ro" in text and "/etc an overlay" in text
         assert re.search(r"Started ssh\.service", text) and "is corrupted" not in text, text[-4000:]
