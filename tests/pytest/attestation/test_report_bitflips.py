@@ -4,12 +4,16 @@
 
 For each of the 36 reports that verify (../shared/vectors, read in place):
 
-* all 5376 flips of the signed area 0x000-0x29F must fail ``sev_keys.verify`` with the
-  report's VCEK/VLEK — the exact call ``verify_report`` makes for the ``report.signature``
-  check — swept over two worker processes (about 190 000 ECDSA verifications);
-* all 1152 flips of R and S (0x2A0-0x32F) must fail the same way;
+* flips of the signed area 0x000-0x29F must fail ``sev_keys.verify`` with the report's
+  VCEK/VLEK — the exact call ``verify_report`` makes for the ``report.signature`` check:
+  all 5376 for the first report of each VERSION and each signing key (VCEK, VLEK), one per
+  byte (bit = offset mod 8) for the others, so every byte of every report is flipped;
+* flips of R and S (0x2A0-0x32F) the same way (all 1152, or one per byte);
 * for 200 flips per report, drawn with a fixed seed from both areas, the full ``attest``
   (with the report's own chain, at its fixed clock) must raise ``VerificationError``.
+
+(Every bit of all 36 was about 234 000 ECDSA verifications, 280 CPU-seconds in CI, for what is
+ECDSA's own property once the signed range and the key are right; about 50 000 remain.)
 """
 
 from __future__ import annotations
@@ -47,15 +51,16 @@ def _load_state() -> None:
             _STATE[e["id"]] = (read(e["files"]["report"]), collateral(e).vek.public_key())
 
 
-def _sweep(task: tuple[str, int, int]) -> tuple[str, int, int, list[tuple[int, int, str]]]:
-    """Flip each bit of ``report[start:stop]``; return (id, start, flips tried, flips not refused)."""
-    entry_id, start, stop = task
+def _sweep(task: tuple[str, int, int, bool]) -> tuple[str, int, int, list[tuple[int, int, str]]]:
+    """Flip each bit (``every``) or one bit per byte of ``report[start:stop]``; return (id, start, flips tried,
+    flips not refused)."""
+    entry_id, start, stop, every = task
     data, key = _STATE[entry_id]
     sev_keys.verify(key, data[:SIGNED_SIZE], data[SIGNED_SIZE:0x4A0], field="report.signature")  # baseline
     buf = bytearray(data)
     tried, accepted = 0, []
     for offset in range(start, stop):
-        for bit in range(8):
+        for bit in range(8) if every else (offset % 8,):
             buf[offset] ^= 1 << bit
             try:
                 sev_keys.verify(key, buf[:SIGNED_SIZE], buf[SIGNED_SIZE:0x4A0], field="report.signature")
@@ -72,11 +77,25 @@ def _sweep(task: tuple[str, int, int]) -> tuple[str, int, int, list[tuple[int, i
 VERIFYING = [e["id"] for e in entries("attestation_report") if verifies(e)]
 
 
+def _exhaustive() -> set[str]:
+    """The first verifying report of each VERSION and signing key (SIGNING_KEY, bits 2-4 at 0x48)."""
+    first: dict[tuple[int, int], str] = {}
+    for e in entries("attestation_report"):
+        if verifies(e):
+            data = read(e["files"]["report"])
+            first.setdefault((int.from_bytes(data[:4], "little"), (data[0x48] >> 2) & 7), e["id"])
+    return set(first.values())
+
+
+EXHAUSTIVE = _exhaustive() if VERIFYING else set()
+
+
 @pytest.fixture(scope="module")
 def sweep(vectors: Path) -> dict[tuple[str, int], tuple[int, list[tuple[int, int, str]]]]:
     assert len(VERIFYING) == 36
     _load_state()
-    tasks = [(i, start, stop) for i in VERIFYING for start, stop in ((0, SIGNED_SIZE), (SIGNED_SIZE, SIGNATURE_END))]
+    tasks = [(i, start, stop, i in EXHAUSTIVE) for i in VERIFYING
+             for start, stop in ((0, SIGNED_SIZE), (SIGNED_SIZE, SIGNATURE_END))]
     # fork: the workers inherit sys.path, the collection and _STATE (Linux, like CI).
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
         results = pool.map(_sweep, tasks, chunksize=1)
@@ -84,17 +103,18 @@ def sweep(vectors: Path) -> dict[tuple[str, int], tuple[int, list[tuple[int, int
 
 
 def test_every_signed_bit_flip_refused_by_the_signature(sweep: dict) -> None:
+    assert 2 <= len(EXHAUSTIVE) < len(VERIFYING), EXHAUSTIVE  # VCEK and VLEK reports among the vectors
     for entry_id in VERIFYING:
         tried, accepted = sweep[(entry_id, 0)]
-        assert tried == SIGNED_FLIPS, entry_id
+        assert tried == (SIGNED_FLIPS if entry_id in EXHAUSTIVE else SIGNED_SIZE), entry_id
         assert accepted == [], f"{entry_id}: flips (offset, bit) not refused: {accepted[:10]}"
-    assert sum(sweep[(i, 0)][0] for i in VERIFYING) == 36 * 5376
+    assert len(VERIFYING) == 36
 
 
 def test_every_signature_bit_flip_refused(sweep: dict) -> None:
     for entry_id in VERIFYING:
         tried, accepted = sweep[(entry_id, SIGNED_SIZE)]
-        assert tried == SIGNATURE_FLIPS, entry_id
+        assert tried == (SIGNATURE_FLIPS if entry_id in EXHAUSTIVE else SIGNATURE_END - SIGNED_SIZE), entry_id
         assert accepted == [], f"{entry_id}: flips (offset, bit) not refused: {accepted[:10]}"
 
 
