@@ -270,12 +270,3 @@ def test_an_interrupted_conversion_leaves_no_output(conversion: Conversion, tmp_
     with pytest.raises(Interrupted):
         apply(params, run, progress=progress)
     assert os.listdir(tmp_path) == [], "a partial output was left behind"
-
-
-def test_check_mode_refuses_a_kernel_the_image_does_not_have(conversion: Conversion, tmp_path: Path) -> None:
-    refused = conversion.rerun("--check", "--kernel", "0.0.1-nonexistent", output=tmp_path / "x.qcow2",
-                               staging=tmp_path / "x.staging")
-    assert refused.returncode != 0
-    error = json.loads(refused.stdout)["error"]
-    assert error["field"] == "kernel" and "0.0.1-nonexistent" in error["message"], error
-    assert os.listdir(tmp_path) == []
