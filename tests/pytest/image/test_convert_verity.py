@@ -116,7 +116,7 @@ def inspected(converted: Converted, tmp_path_factory: pytest.TempPathFactory) ->
             raw.unlink()
 
     dump, verify_rc = verify(converted.output)
-    _, flipped_rc = verify(flipped)
+    flipped_rc = verify(flipped)[1]
     return Inspected(dump, verify_rc, flipped_rc, facts[0], facts[1], facts[2], flipped, block)
 
 
