@@ -132,7 +132,8 @@ class VerityInitrd:
 _INITRDS: dict[str, VerityInitrd] = {}
 
 
-@pytest.fixture(scope="module", params=agent_root.VARIANTS)
+@pytest.fixture(scope="module", params=[pytest.param(v, marks=pytest.mark.dracut_stage) if v == "dracut" else v
+                                        for v in agent_root.VARIANTS])
 def verity_initrd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VerityInitrd:
     """Debian 13's kernel and an initrd made by the root's own generator (mkinitramfs or dracut) with the
     verity scripts as the converter installs them."""
@@ -222,8 +223,9 @@ REFUSALS = {
 
 
 #: The open script is the same file under both generators: every refusal boots under initramfs-tools, and
-#: dracut's unit wiring is booted with the refusal that reads the tree.
-CASES = [("initramfs-tools", case) for case in sorted(REFUSALS)] + [("dracut", "wrong-hash")]
+#: dracut's unit wiring is booted with the refusal that reads the tree (in the pytest-dracut stage).
+CASES = [("initramfs-tools", case) for case in sorted(REFUSALS)] + [
+    pytest.param("dracut", "wrong-hash", marks=pytest.mark.dracut_stage)]
 
 
 @pytest.mark.parametrize(("verity_initrd", "case"), CASES, indirect=["verity_initrd"])

@@ -41,7 +41,7 @@ def _guestfs():
     return guestfs
 
 
-@pytest.fixture(scope="module", params=["initramfs-tools", pytest.param("dracut", marks=pytest.mark.dracut_image)])
+@pytest.fixture(scope="module", params=["initramfs-tools", pytest.param("dracut", marks=pytest.mark.dracut_stage)])
 def image(request: pytest.FixtureRequest) -> CloudImage:
     name = "cloud_image" if request.param == "initramfs-tools" else "cloud_image_dracut"
     return request.getfixturevalue(name)

@@ -29,7 +29,7 @@ from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging 
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.config import Disk, from_bundle
 from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 
-pytestmark = [pytest.mark.slow, pytest.mark.dracut_image]
+pytestmark = [pytest.mark.slow, pytest.mark.dracut_stage]
 NAME = "debian13-dracut"
 
 
