@@ -146,6 +146,24 @@ class Pipeline:
     def serial(self, vm: str) -> Path:
         return self.vm_dir(vm) / "serial.log"
 
+    def wait_active(self, vm: str, unit: str, timeout: float = 600) -> str:
+        """``systemctl is-active UNIT`` on the VM over SSH (the controller's key, as boot.yml seeded it) until it
+        says ``active``, or at the deadline; what it said last.  The VM's own word: under TCG on a loaded host the
+        serial console can fall minutes behind the guest (its UART starved), so the console is not asked."""
+        argv = ["ssh", "-i", str(self.controller_dir / "ssh" / "id_ed25519"), "-p",
+                str(self.vms[vm]["pipeline_vm_ssh_port"]), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30",
+                "-o", "LogLevel=ERROR", "debian@127.0.0.1", "systemctl", "is-active", unit]
+        end = time.monotonic() + timeout
+        said = ""
+        while time.monotonic() < end:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            said = (proc.stdout.strip() or proc.stderr.strip())
+            if said == "active":
+                break
+            time.sleep(5)
+        return said
+
     def wait_console(self, vm: str, pattern: str, timeout: float = 600) -> str:
         """The VM's console once ``pattern`` is on it (boot.yml returns when sshd answers, which can be before
         systemd prints that it reached multi-user, or before later units print), or at the deadline."""

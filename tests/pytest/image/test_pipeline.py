@@ -7,7 +7,8 @@ Debian 13 fixture, on two image builders at once) and ``register.yml`` against r
 
 * three luks VMs boot at once (``boot.yml --forks 3``), their agents attesting to replica A or B
   (each VM's guest forward picks one); each reaches multi-user (sshd answers on the unlocked root),
-  each console shows exactly one release, and the shared audit log exactly three - one key per VM,
+  each console shows exactly one release, systemd in each says multi-user.target is active (asked over SSH:
+  under load the serial console can lag the guest by minutes), and the shared audit log exactly three - one key per VM,
   once; a second ``boot.yml`` changes nothing;
 * a verity VM passes ``attest.yml`` (boot report from its console, verified; its host key pinned; a
   fresh attestation over that connection) and gets the secret; the gate fails closed, before the
@@ -32,7 +33,6 @@ from test_convert_verity import check_boot_report
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
 
 pytestmark = pytest.mark.slow
-MULTI_USER = r"Reached target .*[Mm]ulti-[Uu]ser"
 
 
 def releases(replicas: Any, image: str) -> list[dict[str, Any]]:
@@ -53,12 +53,13 @@ def test_three_luks_vms_boot_at_once_behind_two_replicas_and_each_gets_its_key_o
         assert booted.returncode == 0, "boot.yml failed:\n" + booted.output[-6000:] + "".join(
             f"\n--- {name} console, last lines:\n{console(pipeline.serial(name))[-2500:]}" for name in vms)
         for name in vms:
-            text = pipeline.wait_console(name, MULTI_USER)
+            state = pipeline.wait_active(name, "multi-user.target")  # sshd answered; systemd may not be done yet
+            text = console(pipeline.serial(name))
             agent = [line.strip() for line in text.splitlines() if "snpguard-agent:" in line]
-            print(f"{name}: " + " | ".join(agent[-3:]))
+            print(f"{name}: multi-user.target {state}; " + " | ".join(agent[-3:]))
             assert sum("attested, key released" in line for line in agent) == 1, text[-3000:]
             assert any("opened as /dev/mapper/root; key wiped" in line for line in agent), text[-3000:]
-            assert re.search(MULTI_USER, text), text[-3000:]
+            assert state == "active", f"{name}: multi-user.target is {state!r}; console tail:\n{text[-3000:]}"
         released = releases(replicas, LUKS)
         assert len(released) - before == 3, released
         assert len({entry["session_id"] for entry in released[:3]}) == 3  # newest first: three handshakes
