@@ -1,7 +1,7 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
 """scripts/testvm.py without booting: its refusals and its bookkeeping (the boot itself is
-exercised by the molecule scenario server_systemd)."""
+exercised by the molecule scenario server_systemd: `bash scripts/test molecule-server_systemd`)."""
 
 from __future__ import annotations
 
