@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from ..plugins.module_utils.image.cvm_image import DEFAULT_FIRMWARE, apply
+from ..plugins.module_utils.image.cvm_image import DEFAULT_FIRMWARE, apply, stamped
 from .common import add_json, examples, print_json
 from .process import run
 
@@ -73,8 +73,7 @@ def _convert(args: argparse.Namespace) -> int:
     params = {key: value for key, value in vars(args).items() if key not in ("handler", "json", "check")}
     started = time.monotonic()
     result = apply(params, run, check_mode=args.check,
-                   progress=lambda line: print(f"convert: [{time.monotonic() - started:6.1f} s] {line}",
-                                               file=sys.stderr, flush=True))
+                   progress=lambda line: print(f"convert: {stamped(started, line)}", file=sys.stderr, flush=True))
     if args.json:
         print_json(result)
         return 0

@@ -55,14 +55,18 @@ def options_from(params: Mapping[str, Any]) -> ConvertOptions:
     return options.validate()
 
 
+def stamped(started: float, text: str) -> str:
+    """A progress line after the seconds since ``started`` (time.monotonic()): where a conversion's time went."""
+    return f"[{time.monotonic() - started:6.1f} s] {text}"
+
+
 def apply(params: Mapping[str, Any], run: Runner, *, check_mode: bool = False,
           progress: Progress | None = None) -> dict[str, Any]:
     steps: list[str] = []
     started = time.monotonic()
 
     def note(text: str) -> None:
-        # The seconds since the start: a slow step (packages, the copy, the initrd) shows where the time went.
-        steps.append(f"[{time.monotonic() - started:6.1f} s] {text}")
+        steps.append(stamped(started, text))
         if progress:
             progress(text)
 

@@ -43,9 +43,9 @@ def console(serial: Path) -> str:
     return ANSI.sub("", serial.read_text(errors="replace")) if serial.exists() else ""
 
 
-def wait_for(vm: Vm, serial: Path, done: re.Pattern[str]) -> str:
+def wait_for(vm: Vm, serial: Path, done: re.Pattern[str], deadline: float = BOOT_DEADLINE) -> str:
     """The console text once ``done`` matches it or the VM is gone (then a second more)."""
-    end = time.monotonic() + BOOT_DEADLINE
+    end = time.monotonic() + deadline
     text = ""
     while time.monotonic() < end:
         text = console(serial)
@@ -53,4 +53,4 @@ def wait_for(vm: Vm, serial: Path, done: re.Pattern[str]) -> str:
             time.sleep(1.0)
             return console(serial)
         time.sleep(1.0)
-    raise AssertionError(f"nothing decisive within {BOOT_DEADLINE} s; serial log tail:\n{text[-4000:]}")
+    raise AssertionError(f"nothing decisive within {deadline} s; serial log tail:\n{text[-4000:]}")

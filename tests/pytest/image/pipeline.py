@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conversions import console
 from servers import GUEST_SERVER, REPO
 
 from ansible_collections.snpguard.cvm.cli.process import run
@@ -163,13 +162,3 @@ class Pipeline:
                 break
             time.sleep(5)
         return said
-
-    def wait_console(self, vm: str, pattern: str, timeout: float = 600) -> str:
-        """The VM's console once ``pattern`` is on it (boot.yml returns when sshd answers, which can be before
-        systemd prints that it reached multi-user, or before later units print), or at the deadline."""
-        end = time.monotonic() + timeout
-        text = console(self.serial(vm))
-        while not re.search(pattern, text) and time.monotonic() < end:
-            time.sleep(2)
-            text = console(self.serial(vm))
-        return text

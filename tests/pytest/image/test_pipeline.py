@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conversions import console
+from conversions import console, wait_for
 from pipeline import DEVROOT, LUKS, PLAYBOOK_BIN, VERITY, Pipeline
 from test_convert_verity import check_boot_report
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.image import staging as stg
+from ansible_collections.snpguard.cvm.plugins.module_utils.qemu.vm import Vm
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +89,8 @@ def test_a_verity_vm_passes_the_attest_gate_and_gets_the_secret_and_the_gate_fai
         pipeline.must("boot.yml", "--forks", "2", "--limit", "verity-1,verity-2", stage="boot_2_verity_vms")
         # The root read-only through dm-verity, the writable layers, sshd with a key made at this boot. boot.yml
         # returns once sshd answers; the boot report's unit runs after ssh.service, so wait for its line.
-        text = pipeline.wait_console("verity-1", "snpguard-boot-report: report ")
+        text = wait_for(Vm("verity-1", str(pipeline.vm_dir("verity-1")), run), pipeline.serial("verity-1"),
+                        re.compile("snpguard-boot-report: report "), deadline=600)
         assert "opened as /dev/mapper/root (dm-verity" in text, text[-4000:]
         assert "snpguard-verity: root /dev/mapper/root mounted ro" in text and "/etc an overlay" in text
         assert re.search(r"Started ssh\.service", text) and "is corrupted" not in text, text[-4000:]

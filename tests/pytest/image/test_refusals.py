@@ -143,18 +143,18 @@ def test_changed_launches_are_refused_by_name_and_power_off_locked(
     block, auth = foreign_id_block(base)
     # Our launcher refuses a boot chain that does not measure what the bundle says, before QEMU starts; a host
     # that changes the chain does not run that check, so the changed launches below carry no expectation.
-    changed = replace(base, cmdline=base.cmdline + " snpguard.tampered=1", id_block=None, id_auth=None,
-                      author_key_enabled=False)
+    cmdline = replace(launch(pipeline, bundle, tmp_path, "cmdline", replicas.b.port),
+                      cmdline=base.cmdline + " snpguard.tampered=1", id_block=None, id_auth=None,
+                      author_key_enabled=False, expected_measurement=None)
     with pytest.raises(SnpError, match="the bundle expects") as refused:
-        simulation.prepare(changed, str(sim_dir), write=False)
+        simulation.prepare(replace(cmdline, expected_measurement=base.expected_measurement), str(sim_dir),
+                           write=False)
     assert refused.value.field == "measurement"
     cases = {
         "initrd": (replace(launch(pipeline, bundle, tmp_path, "initrd", replicas.a.port), initrd=str(initrd),
                            id_block=None, id_auth=None, author_key_enabled=False, expected_measurement=None),
                    "measurement"),
-        "cmdline": (replace(launch(pipeline, bundle, tmp_path, "cmdline", replicas.b.port),
-                            cmdline=base.cmdline + " snpguard.tampered=1", id_block=None, id_auth=None,
-                            author_key_enabled=False, expected_measurement=None), "measurement"),
+        "cmdline": (cmdline, "measurement"),
         "host-data": (replace(launch(pipeline, bundle, tmp_path, "host-data", replicas.a.port),
                               host_data=bytes(32)), "host_data"),
         "id-block": (replace(launch(pipeline, bundle, tmp_path, "id-block", replicas.b.port), id_block=block,
