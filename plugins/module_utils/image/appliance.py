@@ -70,8 +70,8 @@ def appliance(drives: Sequence[tuple[str, str, bool] | tuple[str, str, bool, str
             handle.set_memsize(memsize)
             handle.set_smp(smp)
             for path, disk_format, readonly, *label in drives:
-                handle.add_drive_opts(path, format=disk_format, readonly=readonly,
-                                      **({"label": label[0]} if label else {}))
+                call(f"add the drive {path} ({disk_format})", handle.add_drive_opts, path, format=disk_format,
+                     readonly=readonly, **({"label": label[0]} if label else {}))
             try:
                 hung = _launch(handle, launch_timeout)
             except RuntimeError as exc:

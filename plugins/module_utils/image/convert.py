@@ -40,6 +40,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ GENERATORS = ("initramfs-tools", "dracut")
 MAPPER = "root"
 LUKS_HEADER_MARGIN = 64 << 20  # the output disk grows by this: room for the LUKS2 header (16 MiB)
 VERITY_BLOCK = 4096
+SYSROOT = "/sysroot"  # where libguestfs mounts the image for its API calls (handle.command chroots there)
 QEMU_IMG_TIMEOUT = 3600.0
 
 
@@ -258,56 +260,39 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
         say("up to date: the staging dir records this stock image and these options")
         return Result(changed=False, output=options.output, staging_dir=options.staging_dir, plan=[],
                       kernel_version=current.kernel_version, cmdline=current.cmdline, verity=current.verity or {})
-    say("inspecting the stock image (read-only)")
-    with appliance([(options.source, "qcow2", True)], force_tcg=options.force_tcg) as handle:
-        facts = inspect_image(handle)
-        call("mount the root read-only", handle.mount_ro, facts.root.device, "/")
-        status = call("read the dpkg status", handle.read_file, "/var/lib/dpkg/status").decode("utf-8", "replace")
-        call("unmount", handle.umount_all)
-    kernel = select_kernel(facts, options.kernel, options.mode)
-    if facts.init_system not in GENERATORS:
-        raise SnpError(f"the image builds its initrd with {facts.init_system}; supported: {', '.join(GENERATORS)}",
-                       field="image.initrd_generator")
-    if facts.init_system == "dracut" and not facts.systemd:
-        raise SnpError("a dracut image without systemd: the agent and the verity scripts run as units of "
-                       "dracut's systemd initrd", field="image.initrd_generator")
-    if max(facts.partitions, key=lambda p: p.start) is not facts.root:
-        raise SnpError("the root partition must be the last one on the disk (it grows by the LUKS header)",
-                       field="image.root")
-    cmdline = measured_cmdline(facts, options)
-    if options.mode == "luks":
-        protect = [f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
-                   f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
-                   "install the key-release agent, its config and the server's CA (no SSH host keys are copied)"]
-    else:
-        protect = ["make the root read-only with a dm-verity hash tree appended to its partition (SHA-256, "
-                   "4 KiB blocks); its root hash goes on the measured cmdline",
-                   "install the verity initrd scripts: /var /home /root /tmp on tmpfs, /etc an overlay (no SSH "
-                   "host keys are copied)"]
-    plan = [f"copy {options.source} ({facts.distro} {facts.release}, root {facts.root.device}) to a new image",
-            *protect, f"regenerate the initrd of kernel {kernel.version}",
-            f"write {options.output} and the staging dir {options.staging_dir} (cmdline: {cmdline})"]
-    result = Result(changed=True, output=options.output, staging_dir=options.staging_dir, plan=plan,
-                    kernel_version=kernel.version, cmdline=cmdline, image=facts.to_json())
     if check_mode:
-        return result
-    cache = options.package_cache or os.path.join(os.path.dirname(os.path.abspath(options.output)),
-                                                  ".snpguard-debs")
-    wanted = packages_for(facts, options.mode)
-    say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(wanted)}")
-    debs = fetch_debs(wanted, codename=facts.codename, status=status, work=cache, run=run,
-                      mirror=options.package_mirror)
-    result.packages = [os.path.basename(d) for d in debs]
+        say("inspecting the stock image (read-only)")
+        with appliance([(options.source, "qcow2", True)], force_tcg=options.force_tcg) as handle:
+            facts, _status = _inspect(handle)
+        return _plan(options, facts)[1]
     staging_tmp = stg.new_dir_beside(options.staging_dir)
     output_tmp = os.path.join(os.path.dirname(os.path.abspath(options.output)),
                               f".{os.path.basename(options.output)}.tmp-{secrets.token_hex(4)}")
     key = bytearray(secrets.token_hex(32).encode())
     try:
-        size = facts.disk_size + disk_growth(options, facts.root.size)
+        # The new disk is made before the source is inspected, so that one appliance does both: its
+        # size comes from the source's virtual size (the verity tree's room from the whole disk, a
+        # bound on the root's), and a source the inspection refuses leaves it behind like any failure.
+        size = output_size(options, _virtual_size(options.source, run))
         rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", output_tmp, str(size)], QEMU_IMG_TIMEOUT)
         if rc != 0:
             raise SnpError(f"qemu-img create failed: {(err or out).strip()}", field="output", path=output_tmp)
-        built = _build(options, facts, kernel, debs, key, output_tmp, staging_tmp, say)
+        say("inspecting the stock image (read-only)")
+        with appliance([(options.source, "qcow2", True, "source"), (output_tmp, "qcow2", False, "target")],
+                       force_tcg=options.force_tcg) as handle, ThreadPoolExecutor(1) as pool:
+            facts, status = _inspect(handle)
+            kernel, result = _plan(options, facts)
+            cmdline = result.cmdline
+            cache = options.package_cache or os.path.join(os.path.dirname(os.path.abspath(options.output)),
+                                                          ".snpguard-debs")
+            wanted = packages_for(facts, options.mode)
+            say(f"resolving what {facts.distro} {facts.codename} lacks of {', '.join(wanted)} (beside the copy)")
+            # apt runs on this host while the appliance copies the root; the build waits for it only
+            # when it installs the packages.
+            fetched = pool.submit(fetch_debs, wanted, codename=facts.codename, status=status, work=cache, run=run,
+                                  mirror=options.package_mirror)
+            built = _build(handle, options, facts, kernel, fetched.result, key, size, staging_tmp, say)
+        result.packages = [os.path.basename(d) for d in fetched.result()]
         if options.mode == "verity":
             from ..agent.verity import verity_cmdline
             result.verity = built
@@ -355,105 +340,165 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
             key[index] = 0
 
 
-def _build(options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: list[str], key: bytearray,
-           output_tmp: str, staging_tmp: str, say: Progress) -> dict[str, Any]:
-    """Everything inside one appliance: the source (read-only) and the new image, found by their labels."""
+def _inspect(handle: Any) -> tuple[ImageFacts, str]:
+    """The facts of the appliance's first drive (the stock image) and its dpkg status (for apt)."""
+    facts = inspect_image(handle)
+    call("mount the root read-only", handle.mount_ro, facts.root.device, "/")
+    status = call("read the dpkg status", handle.read_file, "/var/lib/dpkg/status").decode("utf-8", "replace")
+    call("unmount", handle.umount_all)
+    return facts, status
+
+
+def _plan(options: ConvertOptions, facts: ImageFacts) -> tuple[Kernel, Result]:
+    """The kernel to boot and the conversion's plan, or the refusal that names what this image lacks."""
+    kernel = select_kernel(facts, options.kernel, options.mode)
+    if facts.init_system not in GENERATORS:
+        raise SnpError(f"the image builds its initrd with {facts.init_system}; supported: {', '.join(GENERATORS)}",
+                       field="image.initrd_generator")
+    if facts.init_system == "dracut" and not facts.systemd:
+        raise SnpError("a dracut image without systemd: the agent and the verity scripts run as units of "
+                       "dracut's systemd initrd", field="image.initrd_generator")
+    if max(facts.partitions, key=lambda p: p.start) is not facts.root:
+        raise SnpError("the root partition must be the last one on the disk (it grows by the LUKS header)",
+                       field="image.root")
+    cmdline = measured_cmdline(facts, options)
+    if options.mode == "luks":
+        protect = [f"encrypt the root partition with LUKS2 (argon2id {options.pbkdf_memory_kib} KiB, "
+                   f"{options.pbkdf_iterations} iterations{', dm-integrity' if options.integrity else ''})",
+                   "install the key-release agent, its config and the server's CA (no SSH host keys are copied)"]
+    else:
+        protect = ["make the root read-only with a dm-verity hash tree appended to its partition (SHA-256, "
+                   "4 KiB blocks); its root hash goes on the measured cmdline",
+                   "install the verity initrd scripts: /var /home /root /tmp on tmpfs, /etc an overlay (no SSH "
+                   "host keys are copied)"]
+    plan = [f"copy {options.source} ({facts.distro} {facts.release}, root {facts.root.device}) to a new image",
+            *protect, f"regenerate the initrd of kernel {kernel.version}",
+            f"write {options.output} and the staging dir {options.staging_dir} (cmdline: {cmdline})"]
+    return kernel, Result(changed=True, output=options.output, staging_dir=options.staging_dir, plan=plan,
+                          kernel_version=kernel.version, cmdline=cmdline, image=facts.to_json())
+
+
+def _virtual_size(path: str, run: Runner) -> int:
+    rc, out, err = run(["qemu-img", "info", "-U", "-f", "qcow2", "--output=json", path], QEMU_IMG_TIMEOUT)
+    try:
+        if rc != 0:
+            raise ValueError((err or out).strip())
+        return int(json.loads(out)["virtual-size"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnpError(f"qemu-img info cannot read it: {exc}", field="source", path=path) from None
+
+
+def output_size(options: ConvertOptions, disk_size: int) -> int:
+    """The new disk's size: the stock disk's plus the room its mode needs (for verity, a bound: the
+    tree of the whole disk, more than the root partition's)."""
+    return disk_size + disk_growth(options, disk_size)
+
+
+def _build(handle: Any, options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: Callable[[], list[str]],
+           key: bytearray, size: int, staging_tmp: str, say: Progress) -> dict[str, Any]:
+    """The new image in the launched ``handle``: the source (read-only) and the new disk of ``size`` bytes,
+    found by their labels. ``debs`` gives the packages to install (it may wait for their download)."""
     root_number = facts.root.number
-    with appliance([(options.source, "qcow2", True, "source"), (output_tmp, "qcow2", False, "target")],
-                   force_tcg=options.force_tcg) as handle:
-        # Shell steps name the kernel's devices; API calls libguestfs' own names (they differ at times).
-        src, dst = kernel_devices(handle, "source", "target")
-        api_dst = disk_devices(handle, "target")[0]
-        src_root, dst_root = f"{src}{root_number}", f"{dst}{root_number}"
-        say("partitioning the new image like the stock one")
-        start = facts.root.start // 512
-        # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
-        # whole 4 KiB sectors: the LUKS2 data segment and dm-verity use 4096-byte blocks.
-        last_usable = (facts.disk_size + disk_growth(options, facts.root.size)) // 512 - 34
-        end = start + (last_usable - start + 1) // 8 * 8 - 1
-        # One write of the whole table (sfdisk), not a series of edits: udev probes the disk after each
-        # write, and a probe between two edits once read a half-written table ("CRC mismatch").
-        dump = shell(handle, "read the stock partition table", f"sfdisk --dump {src}")
-        table = gpt_script(dump, root_number, start, end, dst)
-        shell(handle, "partition the new image", f"cat > /tmp/gpt.sfdisk <<'SNPGUARD_GPT'\n{table}SNPGUARD_GPT\n"
-              f"udevadm settle\nsfdisk -q {dst} < /tmp/gpt.sfdisk\nudevadm settle\n"
-              f"test -b {dst_root}")
-        for part in facts.partitions:
-            if part is facts.root:
-                continue
-            say(f"copying partition {part.number} ({part.fs_type or 'raw'}, {part.size >> 20} MiB)")
-            shell(handle, f"copy partition {part.number}",
-                  f"dd if={src}{part.number} of={dst}{part.number} bs=4M conv=fsync status=none")
-        label = f"-L {_shell_word(facts.root.label)} " if facts.root.label else ""
-        if options.mode == "luks":
-            luks_uuid = _luks_format(handle, options, key, dst_root, say)
-            fs_device, fs_blocks = "/dev/mapper/snpguard-new", ""
-        else:
-            luks_uuid = ""
-            fs_device, fs_blocks = dst_root, str(verity_data_blocks(facts))
-        shell(handle, "make the root file system",
-              f"mkfs.ext4 -q -b {VERITY_BLOCK} -U {facts.root.uuid} {label}{fs_device} {fs_blocks}")
-        sizes = shell(handle, "measure the root file system", "\n".join([
-            "mkdir -p /tmp/src /tmp/dst",
-            f"mount -o ro {src_root} /tmp/src",
-            f"mount {fs_device} /tmp/dst",
-            "cd /tmp/src && for e in * .[!.]*; do [ -e \"$e\" ] || [ -L \"$e\" ] || continue; "
-            "printf '%s\\t%s\\n' \"$(du -sxb -- \"$e\" | cut -f1)\" \"$e\"; done"]))
-        entries = [line.split("\t", 1) for line in sizes.splitlines() if "\t" in line]
-        total = sum(int(entry[0]) for entry in entries) or 1
-        done = 0
-        for size, entry in entries:
-            done += int(size)
-            shell(handle, f"copy /{entry}", f"cp -a -- /tmp/src/{_shell_word(entry)} /tmp/dst/")
-            say(f"copy: /{entry} ({done >> 20} of {total >> 20} MiB, {100 * done // total}%)")
-        # Per-instance secrets must not be cloned into every VM made from this image: each one
-        # makes its own SSH host keys at first boot (sshd-keygen / cloud-init), as stock images do.
-        removed = shell(handle, "remove SSH host keys", "for k in /tmp/dst/etc/ssh/ssh_host_*; do "
-                        "[ -e \"$k\" ] || continue; rm -f -- \"$k\"; echo \"${k#/tmp/dst}\"; done")
-        if removed.strip():
-            say(f"removed SSH host keys copied from the stock image: {' '.join(removed.split())}")
-        shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
-        call("mount the new root", handle.mount,
-             fs_device if options.mode == "luks" else f"{api_dst}{root_number}", "/")
-        esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
-                   None)
-        if esp is not None and handle.is_dir("/boot/efi"):
-            call("mount the ESP", handle.mount, f"{api_dst}{esp.number}", "/boot/efi")
-        if debs:
-            say(f"installing {len(debs)} packages offline: {', '.join(os.path.basename(d) for d in debs)}")
-            call("package dir", handle.mkdir_p, "/var/cache/snpguard-debs")
-            names = []
-            for deb in debs:
-                name = os.path.basename(deb)
-                call(f"upload {name}", handle.upload, deb, f"/var/cache/snpguard-debs/{name}")
-                names.append(f"/var/cache/snpguard-debs/{name}")
-            call("dpkg -i", handle.command, ["dpkg", "-i", *names])
-            call("remove the package files", handle.rm_rf, "/var/cache/snpguard-debs")
-        say("installing the agent" if options.mode == "luks" else "installing the verity initrd scripts")
-        for item in _payload(options, luks_uuid):
-            parent = os.path.dirname(item.dest)
-            call(f"mkdir {parent}", handle.mkdir_p, parent)
-            call(f"write {item.dest}", handle.write, item.dest, item.data)
-            call(f"chmod {item.dest}", handle.chmod, item.mode, item.dest)
-        if options.mode == "verity":
-            from ..agent.verity import REPORT_UNIT, REPORT_WANTS
-            call("mkdir multi-user.target.wants", handle.mkdir_p, os.path.dirname(REPORT_WANTS))
-            call("enable the boot report", handle.ln_sf, REPORT_UNIT, REPORT_WANTS)
-        if options.mode == "luks":
-            crypttab = _crypttab(handle, luks_uuid)
-            call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())
-        else:
-            fstab = _verity_fstab(call("read /etc/fstab", handle.read_file, "/etc/fstab").decode())
-            call("write /etc/fstab", handle.write, "/etc/fstab", fstab.encode())
-        say(f"regenerating the initrd of {kernel.version} with {facts.init_system} (inside the image)")
-        initrd = kernel.initrd or f"/boot/initrd.img-{kernel.version}"
-        call(facts.init_system, handle.command, initrd_command(facts, options.mode, kernel.version, initrd))
-        call("download the kernel", handle.download, kernel.vmlinuz, os.path.join(staging_tmp, stg.KERNEL))
-        call("download the initrd", handle.download, initrd, os.path.join(staging_tmp, stg.INITRD))
-        call("unmount", handle.umount_all)
-        if options.mode == "verity":
-            return _verity_format(handle, facts, dst_root, say)
-        shell(handle, "close the LUKS2 container", "cryptsetup close snpguard-new\nsync")
+    src, dst = kernel_devices(handle, "source", "target")
+    api_dst = disk_devices(handle, "target")[0]
+    src_root, dst_root = f"{src}{root_number}", f"{dst}{root_number}"
+    say("partitioning the new image like the stock one")
+    start = facts.root.start // 512
+    # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
+    # whole 4 KiB sectors: the LUKS2 data segment and dm-verity use 4096-byte blocks.
+    last_usable = size // 512 - 34
+    end = start + (last_usable - start + 1) // 8 * 8 - 1
+    # One write of the whole table (sfdisk), not a series of edits: udev probes the disk after each
+    # write, and a probe between two edits once read a half-written table ("CRC mismatch").
+    dump = shell(handle, "read the stock partition table", f"sfdisk --dump {src}")
+    table = gpt_script(dump, root_number, start, end, dst)
+    shell(handle, "partition the new image", f"cat > /tmp/gpt.sfdisk <<'SNPGUARD_GPT'\n{table}SNPGUARD_GPT\n"
+          f"udevadm settle\nsfdisk -q {dst} < /tmp/gpt.sfdisk\nudevadm settle\n"
+          f"test -b {dst_root}")
+    for part in facts.partitions:
+        if part is facts.root:
+            continue
+        say(f"copying partition {part.number} ({part.fs_type or 'raw'}, {part.size >> 20} MiB)")
+        shell(handle, f"copy partition {part.number}",
+              f"dd if={src}{part.number} of={dst}{part.number} bs=4M conv=fsync status=none")
+    label = f"-L {_shell_word(facts.root.label)} " if facts.root.label else ""
+    if options.mode == "luks":
+        luks_uuid = _luks_format(handle, options, key, dst_root, say)
+        fs_device, fs_blocks = "/dev/mapper/snpguard-new", ""
+    else:
+        luks_uuid = ""
+        fs_device, fs_blocks = dst_root, str(verity_data_blocks(facts))
+    shell(handle, "make the root file system",
+          f"mkfs.ext4 -q -b {VERITY_BLOCK} -U {facts.root.uuid} {label}{fs_device} {fs_blocks}")
+    sizes = shell(handle, "measure the root file system", "\n".join([
+        "mkdir -p /tmp/src /tmp/dst",
+        f"mount -o ro {src_root} /tmp/src",
+        f"mount {fs_device} /tmp/dst",
+        "cd /tmp/src && for e in * .[!.]*; do [ -e \"$e\" ] || [ -L \"$e\" ] || continue; "
+        "printf '%s\\t%s\\n' \"$(du -sxb -- \"$e\" | cut -f1)\" \"$e\"; done"]))
+    entries = [line.split("\t", 1) for line in sizes.splitlines() if "\t" in line]
+    total = sum(int(entry[0]) for entry in entries) or 1
+    done = 0
+    for size, entry in entries:
+        done += int(size)
+        shell(handle, f"copy /{entry}", f"cp -a -- /tmp/src/{_shell_word(entry)} /tmp/dst/")
+        say(f"copy: /{entry} ({done >> 20} of {total >> 20} MiB, {100 * done // total}%)")
+    # Per-instance secrets must not be cloned into every VM made from this image: each one
+    # makes its own SSH host keys at first boot (sshd-keygen / cloud-init), as stock images do.
+    removed = shell(handle, "remove SSH host keys", "for k in /tmp/dst/etc/ssh/ssh_host_*; do "
+                    "[ -e \"$k\" ] || continue; rm -f -- \"$k\"; echo \"${k#/tmp/dst}\"; done")
+    if removed.strip():
+        say(f"removed SSH host keys copied from the stock image: {' '.join(removed.split())}")
+    shell(handle, "finish the copy", "sync\numount /tmp/src\numount /tmp/dst")
+    call("mount the new root", handle.mount,
+         fs_device if options.mode == "luks" else f"{api_dst}{root_number}", "/")
+    esp = next((p for p in facts.partitions if p.gpt_type.upper() == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+               None)
+    if esp is not None and handle.is_dir("/boot/efi"):
+        call("mount the ESP", handle.mount, f"{api_dst}{esp.number}", "/boot/efi")
+    packages = debs()
+    if packages:
+        say(f"installing {len(packages)} packages offline: "
+            f"{', '.join(os.path.basename(d) for d in packages)}")
+        call("package dir", handle.mkdir_p, "/var/cache/snpguard-debs")
+        names = []
+        for deb in packages:
+            name = os.path.basename(deb)
+            call(f"upload {name}", handle.upload, deb, f"/var/cache/snpguard-debs/{name}")
+            names.append(f"/var/cache/snpguard-debs/{name}")
+        call("dpkg -i", handle.command, ["dpkg", "-i", *names])
+        call("remove the package files", handle.rm_rf, "/var/cache/snpguard-debs")
+    say("installing the agent" if options.mode == "luks" else "installing the verity initrd scripts")
+    for item in _payload(options, luks_uuid):
+        parent = os.path.dirname(item.dest)
+        call(f"mkdir {parent}", handle.mkdir_p, parent)
+        call(f"write {item.dest}", handle.write, item.dest, item.data)
+        call(f"chmod {item.dest}", handle.chmod, item.mode, item.dest)
+    if options.mode == "verity":
+        from ..agent.verity import REPORT_UNIT, REPORT_WANTS
+        call("mkdir multi-user.target.wants", handle.mkdir_p, os.path.dirname(REPORT_WANTS))
+        call("enable the boot report", handle.ln_sf, REPORT_UNIT, REPORT_WANTS)
+    if options.mode == "luks":
+        crypttab = _crypttab(handle, luks_uuid)
+        call("write /etc/crypttab", handle.write, "/etc/crypttab", crypttab.encode())
+    else:
+        fstab = _verity_fstab(call("read /etc/fstab", handle.read_file, "/etc/fstab").decode())
+        call("write /etc/fstab", handle.write, "/etc/fstab", fstab.encode())
+    say(f"regenerating the initrd of {kernel.version} with {facts.init_system} (inside the image)")
+    initrd = kernel.initrd or f"/boot/initrd.img-{kernel.version}"
+    # The generator's scratch tree (thousands of small files, then the archive) lives in the appliance's
+    # memory, not on the new root: every block written there is encrypted by an emulated CPU, and
+    # nothing of it is left in the image. Both generators work under /var/tmp.
+    shell(handle, "scratch space for the initrd generator",
+          f"mkdir -p {SYSROOT}/var/tmp\nmount -t tmpfs -o size=1g,mode=1777 snpguard-scratch {SYSROOT}/var/tmp")
+    call(facts.init_system, handle.command, initrd_command(facts, options.mode, kernel.version, initrd))
+    shell(handle, "release the scratch space", f"umount {SYSROOT}/var/tmp")
+    call("download the kernel", handle.download, kernel.vmlinuz, os.path.join(staging_tmp, stg.KERNEL))
+    call("download the initrd", handle.download, initrd, os.path.join(staging_tmp, stg.INITRD))
+    call("unmount", handle.umount_all)
+    if options.mode == "verity":
+        return _verity_format(handle, facts, dst_root, say)
+    shell(handle, "close the LUKS2 container", "cryptsetup close snpguard-new\nsync")
     return {"uuid": luks_uuid, "device_partition": root_number, "pbkdf": "argon2id",
             "pbkdf_memory_kib": options.pbkdf_memory_kib, "pbkdf_iterations": options.pbkdf_iterations,
             "cipher": "aes-xts-plain64", "key_size": 512, "sector_size": 4096, "integrity": options.integrity,

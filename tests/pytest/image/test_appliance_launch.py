@@ -91,3 +91,13 @@ def test_a_launch_failure_that_is_not_a_hang_is_not_retried(tmp_path: Path, monk
         pytest.fail("the appliance never came up")
     assert "could not start its appliance" in str(info.value)
     assert fake.launches == 1
+
+
+def test_a_drive_libguestfs_cannot_add_is_a_named_error(tmp_path: Path) -> None:
+    """Real libguestfs (no launch needed): a read-only drive that is no qcow2 fails when its overlay is made."""
+    pytest.importorskip("guestfs")
+    bogus = tmp_path / "not-a.qcow2"
+    bogus.write_bytes(b"QFI\xfb")
+    with pytest.raises(app.ApplianceError) as info, app.appliance([(str(bogus), "qcow2", True)]):
+        pytest.fail("a drive that is no qcow2 was added")
+    assert str(bogus) in info.value.field and "qemu-img" in str(info.value)

@@ -15,11 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ansible_collections.snpguard.cvm.cli.process import run
 from ansible_collections.snpguard.cvm.plugins.module_utils.agent.verity import verity_cmdline
 from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import (
+    ConvertOptions,
+    convert,
     gpt_script,
     initrd_command,
     measured_cmdline,
+    output_size,
     packages_for,
     verity_hash_size,
 )
@@ -183,6 +187,32 @@ def test_verity_options_need_no_server_and_no_key(params: dict) -> None:
         f"root=/dev/mapper/root ro console=ttyS0 snpguard.verity.roothash={'ab' * 32} "
         "snpguard.verity.data=PARTUUID=1b0f1c74-aaaa-4bbb-8ccc-0123456789ab "
         f"snpguard.verity.hashoffset={3 << 30}")  # no ip=dhcp: nothing is fetched at boot
+
+
+@given(disk_mib=st.integers(min_value=8, max_value=1 << 22), start_mib=st.integers(min_value=1, max_value=64),
+       mode=st.sampled_from(["luks", "verity"]))
+def test_the_new_disk_holds_the_root_and_what_its_mode_adds(disk_mib: int, start_mib: int, mode: str) -> None:
+    """The new disk is sized before inspection, from the stock disk alone: whatever the root partition is,
+    it fits with its LUKS2 header or its hash tree (and the backup GPT) behind it."""
+    disk = disk_mib << 20
+    start = min(start_mib << 20, disk // 2)
+    root = disk - start - (1 << 20)  # the largest root the stock disk can hold (its backup GPT after it)
+    options = ConvertOptions(source="s", output="o", staging_dir="d", name="n", firmware="f", agent_url="",
+                             agent_ca_file="", mode=mode)
+    room = output_size(options, disk) - start - 34 * 512
+    need = root + (16 << 20 if mode == "luks" else verity_hash_size(root))
+    assert room >= need
+
+
+def test_a_source_qemu_img_cannot_read_is_refused_and_leaves_nothing(params: dict, tmp_path: Path) -> None:
+    """The new disk is made from the source's virtual size: a source that is no qcow2 stops there, naming
+    the source, and neither the output nor a staging dir (nor their temporary names) is left."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SnpError) as refused:
+        convert(options_from(params), run)
+    assert refused.value.field == "source"
+    assert "qemu-img info" in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 127, 128, 129, 16384, 16385, 100000])
