@@ -270,9 +270,10 @@ def convert(options: ConvertOptions, run: Runner, *, check_mode: bool = False,
                               f".{os.path.basename(options.output)}.tmp-{secrets.token_hex(4)}")
     key = bytearray(secrets.token_hex(32).encode())
     try:
-        # The new disk is made before the source is inspected, so that one appliance does both: its
-        # size comes from the source's virtual size (the verity tree's room from the whole disk, a
-        # bound on the root's), and a source the inspection refuses leaves it behind like any failure.
+        # The new disk is made before the source is inspected, so that one appliance does both (one
+        # emulated boot less): its size comes from the source's virtual size (the verity tree's room
+        # from the whole disk, a bound on the root's). A source the inspection refuses is a failure
+        # like any other: the empty disk is removed below.
         size = output_size(options, _virtual_size(options.source, run))
         rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", output_tmp, str(size)], QEMU_IMG_TIMEOUT)
         if rc != 0:
