@@ -173,6 +173,24 @@ def test_kernel_without_config_or_initrd_is_refused() -> None:
         select_kernel(_facts(), None, "luks")
 
 
+def test_the_plan_accepts_the_stock_layout_and_names_what_it_refuses(params: dict) -> None:
+    """What inspection found but the conversion cannot do: an initrd generator it does not drive, a dracut
+    image without systemd, a root that is not the last partition (it could not grow)."""
+    from ansible_collections.snpguard.cvm.plugins.module_utils.image.convert import _plan
+    options = options_from(params)
+    kernel = Kernel("6.12", "/boot/vmlinuz-6.12", "/boot/initrd.img-6.12", dict(GOOD))
+    assert _plan(options, _facts(kernel))[1].kernel_version == "6.12"
+    esp = Partition(device="/dev/sda15", number=15, start=4 << 30, size=124 << 20, fs_type="vfat", uuid="e",
+                    label="", gpt_type="", gpt_guid="", name="")
+    refused = [(replace(_facts(kernel), init_system="mkinitcpio"), "image.initrd_generator", "mkinitcpio"),
+               (replace(_facts(kernel), init_system="dracut", systemd=False), "image.initrd_generator", "without"),
+               (replace(_facts(kernel), partitions=[_facts().root, esp]), "image.root", "last one")]
+    for facts, field, words in refused:
+        with pytest.raises(SnpError, match=words) as info:
+            _plan(options, facts)
+        assert info.value.field == field
+
+
 def test_measured_cmdline(params: dict) -> None:
     options = options_from({**params, "extra_cmdline": "panic=-1"})
     assert measured_cmdline(_facts(), options) == "root=/dev/mapper/root ro console=ttyS0 ip=dhcp panic=-1"
