@@ -107,8 +107,8 @@ def params(tmp_path: Path, artifacts: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_an_image_the_conversion_cannot_handle_is_refused_by_name(case: str, disks: dict[str, Path], params: dict,
-                                                                   tmp_path: Path) -> None:
+def test_an_image_the_conversion_cannot_handle_is_refused_by_name(
+        case: str, disks: dict[str, Path], params: dict, tmp_path: Path) -> None:
     _script, field, words = CASES[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SnpError) as refused:
