@@ -396,8 +396,8 @@ def output_size(options: ConvertOptions, disk_size: int) -> int:
 
 
 def _build(handle: Any, options: ConvertOptions, facts: ImageFacts, kernel: Kernel, debs: Callable[[], list[str]],
-           key: bytearray, size: int, staging_tmp: str, say: Progress) -> dict[str, Any]:
-    """The new image in the launched ``handle``: the source (read-only) and the new disk of ``size`` bytes,
+           key: bytearray, disk_size: int, staging_tmp: str, say: Progress) -> dict[str, Any]:
+    """The new image in the launched ``handle``: the source (read-only) and the new disk of ``disk_size`` bytes,
     found by their labels. ``debs`` gives the packages to install (it may wait for their download)."""
     root_number = facts.root.number
     src, dst = kernel_devices(handle, "source", "target")
@@ -407,7 +407,7 @@ def _build(handle: Any, options: ConvertOptions, facts: ImageFacts, kernel: Kern
     start = facts.root.start // 512
     # The root runs to the disk's last usable sector (before the backup GPT), rounded down to
     # whole 4 KiB sectors: the LUKS2 data segment and dm-verity use 4096-byte blocks.
-    last_usable = size // 512 - 34
+    last_usable = disk_size // 512 - 34
     end = start + (last_usable - start + 1) // 8 * 8 - 1
     # One write of the whole table (sfdisk), not a series of edits: udev probes the disk after each
     # write, and a probe between two edits once read a half-written table ("CRC mismatch").

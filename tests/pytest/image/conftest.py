@@ -11,6 +11,7 @@ changes.  When an image cannot be built the tests using it skip, or fail under C
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import sys
@@ -150,3 +151,15 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, replicas: Replicas, sim_d
     flow.converted = flow.must("convert.yml", "--forks", "2", stage="convert_both")
     flow.registered = flow.must("register.yml", stage="register")
     return flow
+
+
+@pytest.fixture
+def convert_params(tmp_path: Path, artifacts: Path) -> dict[str, Any]:
+    """Conversion options (luks, the volume key sealed to a fixed public key) writing into ``tmp_path``;
+    the test adds ``source``."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    return {"output": str(tmp_path / "cvm.qcow2"), "staging_dir": str(tmp_path / "staging"),
+            "name": "debian-13-cvm", "firmware": str(artifacts / "OVMF.amdsev.fd"),
+            "server_url": "https://10.0.2.100", "server_ca_file": str(ca),
+            "ingestion_public_key": base64.b64encode(bytes(range(32))).decode()}

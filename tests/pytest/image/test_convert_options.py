@@ -51,15 +51,10 @@ ID=debian
 
 
 @pytest.fixture
-def params(tmp_path: Path, artifacts: Path) -> dict:
+def params(tmp_path: Path, convert_params: dict) -> dict:
     source = tmp_path / "stock.qcow2"
     source.write_bytes(b"QFI\xfb")
-    ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    return {"source": str(source), "output": str(tmp_path / "cvm.qcow2"), "staging_dir": str(tmp_path / "staging"),
-            "name": "debian-13-cvm", "firmware": str(artifacts / "OVMF.amdsev.fd"),
-            "server_url": "https://10.0.2.100", "server_ca_file": str(ca),
-            "ingestion_public_key": base64.b64encode(bytes(range(32))).decode()}
+    return {**convert_params, "source": str(source)}
 
 
 def test_options_accepted(params: dict) -> None:

@@ -11,7 +11,6 @@ appliance, must refuse naming the field, and must remove the new disk and the st
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 from pathlib import Path
@@ -39,7 +38,13 @@ root_tree() {
   printf '%b' "$3" > "$1/etc/fstab"
 }
 uuid() { blkid -o value -s UUID "$1"; }
-mkdir -p /tmp/r /tmp/v
+# single_root LABEL FS OS_ID: DISK with one partition holding a root of file system FS
+single_root() {
+  printf 'label: %s\n,\n' "$1" | sfdisk -q "$DISK"; udevadm settle
+  "mkfs.$2" -q "${DISK}1"; mount "${DISK}1" /tmp/r
+  root_tree /tmp/r "$3" "UUID=$(uuid "${DISK}1") / $2 defaults 0 1\n"; umount /tmp/r
+}
+mkdir -p /tmp/r
 """
 
 #: case -> (how the disk DISK is made, the field the refusal names, words of its message)
@@ -56,18 +61,9 @@ CASES = {
                  "root_tree /tmp/r debian '/dev/snpguardtest/root / ext4 defaults 0 1\\n'; umount /tmp/r\n"
                  "lvm vgchange -an snpguardtest",
                  "image.root", "LVM"),
-    "ext3_root": ("printf 'label: gpt\\n,\\n' | sfdisk -q $DISK; udevadm settle\n"
-                  "mkfs.ext3 -q ${DISK}1; mount ${DISK}1 /tmp/r\n"
-                  "root_tree /tmp/r debian \"UUID=$(uuid ${DISK}1) / ext3 defaults 0 1\\n\"; umount /tmp/r",
-                  "image.root", "only ext4"),
-    "mbr_disk": ("printf 'label: dos\\n,\\n' | sfdisk -q $DISK; udevadm settle\n"
-                 "mkfs.ext4 -q ${DISK}1; mount ${DISK}1 /tmp/r\n"
-                 "root_tree /tmp/r debian \"UUID=$(uuid ${DISK}1) / ext4 defaults 0 1\\n\"; umount /tmp/r",
-                 "image.partition_table", "only GPT"),
-    "unknown_distro": ("printf 'label: gpt\\n,\\n' | sfdisk -q $DISK; udevadm settle\n"
-                       "mkfs.ext4 -q ${DISK}1; mount ${DISK}1 /tmp/r\n"
-                       "root_tree /tmp/r arch \"UUID=$(uuid ${DISK}1) / ext4 defaults 0 1\\n\"; umount /tmp/r",
-                       "image.distro", "archlinux"),
+    "ext3_root": ("single_root gpt ext3 debian", "image.root", "only ext4"),
+    "mbr_disk": ("single_root dos ext4 debian", "image.partition_table", "only GPT"),
+    "unknown_distro": ("single_root gpt ext4 arch", "image.distro", "archlinux"),
     "separate_var": ("printf 'label: gpt\\n,28M\\n,\\n' | sfdisk -q $DISK; udevadm settle\n"
                      "mkfs.ext4 -q ${DISK}1; mkfs.ext4 -q ${DISK}2; mount ${DISK}1 /tmp/r\n"
                      "root_tree /tmp/r debian \"UUID=$(uuid ${DISK}1) / ext4 defaults 0 1\\n"
@@ -95,23 +91,13 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture
-def params(tmp_path: Path, artifacts: Path) -> dict:
-    ca = tmp_path / "ca.pem"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    return {"output": str(tmp_path / "cvm.qcow2"), "staging_dir": str(tmp_path / "staging"), "name": "refused",
-            "firmware": str(artifacts / "OVMF.amdsev.fd"), "server_url": "https://10.0.2.100",
-            "server_ca_file": str(ca), "ingestion_public_key": base64.b64encode(bytes(range(32))).decode(),
-            "force_tcg": True}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_image_the_conversion_cannot_handle_is_refused_by_name(
-        case: str, disks: dict[str, Path], params: dict, tmp_path: Path) -> None:
+        case: str, disks: dict[str, Path], convert_params: dict, tmp_path: Path) -> None:
     _script, field, words = CASES[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SnpError) as refused:
-        convert(options_from({**params, "source": str(disks[case])}), run)
+        convert(options_from({**convert_params, "source": str(disks[case]), "force_tcg": True}), run)
     assert (refused.value.field, words in str(refused.value)) == (field, True), str(refused.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no new disk, no staging dir, no temp names
