@@ -1,18 +1,22 @@
 # Copyright: snpguard.cvm contributors
 # SPDX-License-Identifier: Apache-2.0
-"""Pin the key-release server's dependency closure as installed in a venv: constraints-server.txt.
+"""Pin a dependency closure as installed in a venv: constraints-server.txt and constraints.txt.
 
-    .venv/bin/python scripts/freeze_constraints.py            print the constraints
-    .venv/bin/python scripts/freeze_constraints.py --write    rewrite constraints-server.txt
+    .venv/bin/python scripts/freeze_constraints.py [server|venv]            print the constraints
+    .venv/bin/python scripts/freeze_constraints.py [server|venv] --write    rewrite the file
 
-Starts from requirements-server.txt (its requirements, their extras, and the files it
-includes with ``-r``), follows ``Requires-Dist`` of what ``pip inspect`` reports as installed
-in this Python's environment (markers evaluated here, extras followed), and prints
-``name==version`` for every distribution reached. A requirement that is not installed is an
-error: install requirements-server.txt first (scripts/test prepare does).
+``server`` (the default) starts from requirements-server.txt and writes constraints-server.txt:
+the server role installs with ``--constraint constraints-server.txt``, so a deployment gets
+exactly the versions the tests ran with. ``venv`` starts from requirements-test.txt (which
+includes requirements.txt and requirements-server.txt) and writes constraints.txt: scripts/setup
+and scripts/test install the project's venv with it, so a new upstream release cannot change
+what the main job and CI run unannounced.
 
-The server role installs with ``--constraint constraints-server.txt``, so a deployment gets
-exactly the versions the tests ran with.
+Follows the requirements (their extras, and the files included with ``-r``), then
+``Requires-Dist`` of what ``pip inspect`` reports as installed in this Python's environment
+(markers evaluated here, extras followed), and prints ``name==version`` for every distribution
+reached. A requirement that is not installed is an error: install the requirements first
+(scripts/test prepare does).
 """
 
 from __future__ import annotations
@@ -27,17 +31,25 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "requirements-server.txt"
-TARGET = ROOT / "constraints-server.txt"
+SETS = {  # name: (requirements, constraints written, what they pin)
+    "server": ("requirements-server.txt", "constraints-server.txt",
+               "the key-release server's dependency closure (requirements-server.txt,\n"
+               "# including psycopg for PostgreSQL), as installed in the venv the tests ran in. The server role\n"
+               "# installs with --constraint constraints-server.txt; pip install 'snpguard-cvm[server]' -c\n"
+               "# constraints-server.txt does the same by hand."),
+    "venv": ("requirements-test.txt", "constraints.txt",
+             "the project venv's dependency closure (requirements-test.txt, which includes\n"
+             "# requirements.txt and requirements-server.txt), as installed in the venv the tests ran in.\n"
+             "# scripts/setup and scripts/test install with --constraint constraints.txt."),
+}
 
-HEADER = """\
-# Exact versions of the key-release server's dependency closure (requirements-server.txt,
-# including psycopg for PostgreSQL), as installed in the venv the tests ran in. The server role
-# installs with --constraint constraints-server.txt; pip install 'snpguard-cvm[server]' -c
-# constraints-server.txt does the same by hand. Generated; regenerate after changing the
-# requirements (and installing them) with:
-#   .venv/bin/python scripts/freeze_constraints.py --write
-"""
+
+def header(name: str) -> str:
+    what = SETS[name][2]
+    suffix = "" if name == "server" else " venv"
+    return (f"# Exact versions of {what}\n"
+            "# Generated; regenerate after changing the requirements (and installing them) with:\n"
+            f"#   .venv/bin/python scripts/freeze_constraints.py{suffix} --write\n")
 
 
 def read_requirements(path: Path) -> list[Requirement]:
@@ -86,16 +98,19 @@ def closure(roots: list[Requirement], dists: dict[str, dict]) -> dict[str, str]:
     return pinned
 
 
-def render(pinned: dict[str, str]) -> str:
-    return HEADER + "".join(f"{name}=={version}\n" for name, version in sorted(pinned.items()))
+def render(name: str, pinned: dict[str, str]) -> str:
+    return header(name) + "".join(f"{dist}=={version}\n" for dist, version in sorted(pinned.items()))
 
 
 def main(argv: list[str]) -> int:
-    text = render(closure(read_requirements(SOURCE), installed()))
-    if argv[1:] == ["--write"]:
-        TARGET.write_text(text, encoding="utf-8")
-        print(f"wrote {TARGET.relative_to(ROOT)} ({text.count('==')} pins)")
-    elif argv[1:]:
+    args = argv[1:]
+    name = args.pop(0) if args and args[0] in SETS else "server"
+    source, target = (ROOT / SETS[name][0], ROOT / SETS[name][1])
+    text = render(name, closure(read_requirements(source), installed()))
+    if args == ["--write"]:
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target.relative_to(ROOT)} ({text.count('==')} pins)")
+    elif args:
         raise SystemExit(__doc__)
     else:
         sys.stdout.write(text)

@@ -96,8 +96,10 @@ vpip() {
   fi
 }
 
+# ensure_requirements FILE...: pip install -r each FILE, at the exact versions of constraints.txt
+# (scripts/freeze_constraints.py venv --write), so a new upstream release changes nothing unannounced.
 ensure_requirements() { # FILE...
-  local file args=()
+  local file args=(-c "$SNPGUARD_ROOT/constraints.txt")
   for file in "$@"; do args+=(-r "$SNPGUARD_ROOT/$file"); done
   log "pip install ${args[*]}"
   vpip install -q "${args[@]}"
