@@ -51,3 +51,53 @@ def test_refused(tmp_path: Path, variables: dict[str, Any], message: str) -> Non
 def test_accepted(tmp_path: Path, workers: object) -> None:
     done = preflight(tmp_path, {"snpguard_server_workers": workers})
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+@pytest.fixture
+def busy_account(tmp_path: Path):
+    """A system account whose home is not the data dir asked for, with a process running as it."""
+    import os
+    import pwd
+    import shutil
+    import signal
+    import time
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    name = f"snpg-pre-{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--home-dir", str(tmp_path / "other-home"), "--no-create-home",
+                    "--shell", "/usr/sbin/nologin", name], check=True)
+    # runuser stays the parent of its command: a session of their own, so both are killed.
+    sleeper = subprocess.Popen(["runuser", "-u", name, "--", "sleep", "300"], start_new_session=True)
+    try:
+        pwd.getpwnam(name)
+        yield name
+    finally:
+        os.killpg(sleeper.pid, signal.SIGKILL)
+        sleeper.wait()
+        subprocess.run(["pkill", "--signal", "KILL", "-u", name], check=False)
+        for _attempt in range(50):
+            if subprocess.run(["userdel", name], capture_output=True, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"could not remove the test account {name}")
+
+
+def test_an_account_in_use_whose_home_would_move_is_refused(tmp_path: Path, busy_account: str) -> None:
+    """usermod cannot move the home of an account with processes (another instance): named before any change."""
+    data_dir = tmp_path / "data"
+    done = preflight(tmp_path, {"snpguard_server_user": busy_account, "snpguard_server_group": busy_account,
+                                "snpguard_server_data_dir": str(data_dir)})
+    assert done.returncode != 0
+    assert f"snpguard_server_user {busy_account} has the home {tmp_path / 'other-home'} and running processes" \
+        in done.stdout, done.stdout[-3000:]
+    assert f"snpguard_server_data_dir ({data_dir})" in done.stdout
+    assert not data_dir.exists()
+
+
+def test_an_account_in_use_with_the_same_home_is_accepted(tmp_path: Path, busy_account: str) -> None:
+    """The usual rerun: the server runs as its account, whose home already is the data dir."""
+    done = preflight(tmp_path, {"snpguard_server_user": busy_account, "snpguard_server_group": busy_account,
+                                "snpguard_server_data_dir": str(tmp_path / "other-home")})
+    assert done.returncode == 0, done.stdout[-3000:]
