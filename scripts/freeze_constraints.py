@@ -31,25 +31,24 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = {  # name: (requirements, constraints written, what they pin)
-    "server": ("requirements-server.txt", "constraints-server.txt",
-               "the key-release server's dependency closure (requirements-server.txt,\n"
-               "# including psycopg for PostgreSQL), as installed in the venv the tests ran in. The server role\n"
-               "# installs with --constraint constraints-server.txt; pip install 'snpguard-cvm[server]' -c\n"
-               "# constraints-server.txt does the same by hand."),
-    "venv": ("requirements-test.txt", "constraints.txt",
-             "the project venv's dependency closure (requirements-test.txt, which includes\n"
-             "# requirements.txt and requirements-server.txt), as installed in the venv the tests ran in.\n"
-             "# scripts/setup and scripts/test install with --constraint constraints.txt."),
+SETS = {  # name: (requirements, constraints written, the lines of its header that say what it pins)
+    "server": ("requirements-server.txt", "constraints-server.txt", (
+        "Exact versions of the key-release server's dependency closure (requirements-server.txt,",
+        "including psycopg for PostgreSQL), as installed in the venv the tests ran in. The server role",
+        "installs with --constraint constraints-server.txt; pip install 'snpguard-cvm[server]' -c",
+        "constraints-server.txt does the same by hand.")),
+    "venv": ("requirements-test.txt", "constraints.txt", (
+        "Exact versions of the project venv's dependency closure (requirements-test.txt, which includes",
+        "requirements.txt and requirements-server.txt), as installed in the venv the tests ran in.",
+        "scripts/setup and scripts/test install with --constraint constraints.txt.")),
 }
 
 
 def header(name: str) -> str:
-    what = SETS[name][2]
-    suffix = "" if name == "server" else " venv"
-    return (f"# Exact versions of {what}\n"
-            "# Generated; regenerate after changing the requirements (and installing them) with:\n"
-            f"#   .venv/bin/python scripts/freeze_constraints.py{suffix} --write\n")
+    command = "scripts/freeze_constraints.py" + ("" if name == "server" else f" {name}")
+    lines = [*SETS[name][2], "Generated; regenerate after changing the requirements (and installing them) with:",
+             f"  .venv/bin/python {command} --write"]
+    return "".join(f"# {line}\n" for line in lines)
 
 
 def read_requirements(path: Path) -> list[Requirement]:
@@ -105,7 +104,7 @@ def render(name: str, pinned: dict[str, str]) -> str:
 def main(argv: list[str]) -> int:
     args = argv[1:]
     name = args.pop(0) if args and args[0] in SETS else "server"
-    source, target = (ROOT / SETS[name][0], ROOT / SETS[name][1])
+    source, target = ROOT / SETS[name][0], ROOT / SETS[name][1]
     text = render(name, closure(read_requirements(source), installed()))
     if args == ["--write"]:
         target.write_text(text, encoding="utf-8")

@@ -5,8 +5,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +60,6 @@ def test_accepted(tmp_path: Path, workers: object) -> None:
 @pytest.fixture
 def busy_account(tmp_path: Path):
     """A system account whose home is not the data dir asked for, with a process running as it."""
-    import os
-    import pwd
-    import shutil
-    import signal
-    import time
-
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("needs root and useradd")
     name = f"snpg-pre-{os.getpid() % 100000}"
@@ -70,7 +68,6 @@ def busy_account(tmp_path: Path):
     # runuser stays the parent of its command: a session of their own, so both are killed.
     sleeper = subprocess.Popen(["runuser", "-u", name, "--", "sleep", "300"], start_new_session=True)
     try:
-        pwd.getpwnam(name)
         yield name
     finally:
         os.killpg(sleeper.pid, signal.SIGKILL)
